@@ -1,0 +1,409 @@
+"""COCO-format datasets: write one, read any, and build the ground truth COCOeval expects.
+
+The COCO instance format (Lin et al. 2014, cocodataset.org/#format-data) is a folder of images
+plus one JSON with `images`, `categories` and `annotations`; an annotation's `segmentation` is a
+list of polygons, an uncompressed RLE (`counts` a list of run lengths) or a compressed RLE
+(`counts` a string). pycocotools turns each into a mask. Reading returns exactly what
+`ShapesDataset` returns, so training and evaluation do not care where the data came from.
+
+Shape shorthand:
+    H, W   image height and width
+    M      instances in one image (crowd annotations excluded)
+    K      classes
+
+Naming:
+    label          contiguous class index 1..K (0 is background), in sorted category-id order
+    category_id    the id a COCO JSON uses for a class; `label_to_category_id` maps between them
+    image_id       the id of an image in the JSON; `image_ids[i]` is the id of `dataset[i]`
+    RLE            run-length encoding, column-major, as pycocotools writes it
+"""
+
+import copy
+import json
+import os
+import tempfile
+import warnings
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from npmaskrcnn.shapes import masks_to_boxes
+
+REQUIRED_KEYS = ("images", "annotations", "categories")
+REQUIRED_IMAGE_FIELDS = ("id", "file_name", "height", "width")
+REQUIRED_ANNOTATION_FIELDS = ("id", "image_id", "category_id", "segmentation")
+
+
+def encode_mask(mask):
+    """Compressed RLE of one mask, JSON-ready.
+
+    Inputs:
+    - mask: (H, W) bool
+    Returns:
+    - rle: {"size": [H, W], "counts": str}
+    """
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def encode_masks(masks):
+    """Compressed RLEs of several masks at once.
+
+    Inputs:
+    - masks: (M, H, W) bool
+    Returns:
+    - rles: list of M {"size": [H, W], "counts": str}
+    """
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(np.transpose(masks, (1, 2, 0)), dtype=np.uint8))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def _write_atomic(path, write):
+    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it to `path`.
+
+    Inputs:
+    - path: destination file
+    - write: function of the temporary path that writes the content
+    Returns: nothing; a reader sees either the old file or the complete new one
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json_atomic(obj, path):
+    """Write `obj` as JSON to `path` atomically (temporary file + os.replace).
+
+    Inputs:
+    - obj: anything `json.dump` accepts
+    - path: destination file
+    Returns: nothing
+    """
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f)
+    _write_atomic(path, write)
+
+
+def _check_segmentation(segmentation, ann_id, height, width):
+    """Raise a ValueError naming the annotation unless `segmentation` is a valid COCO one.
+
+    Inputs:
+    - segmentation: the annotation's `segmentation` field
+    - ann_id: the annotation id, for the message
+    - height, width: of the annotation's image; an RLE's `size` must equal [height, width]
+    Returns: nothing
+    """
+    where = f"annotation id {ann_id}: field 'segmentation'"
+    if isinstance(segmentation, list):
+        for poly in segmentation:
+            if (not isinstance(poly, list) or len(poly) % 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly)):
+                raise ValueError(f"{where}: expected a list of polygons, each a flat list of an even "
+                                 f"number of x, y coordinates, got {str(poly)[:80]}")
+        return
+    if isinstance(segmentation, dict):
+        if "counts" not in segmentation or "size" not in segmentation:
+            raise ValueError(f"{where}: expected an RLE dict with 'counts' and 'size', got keys "
+                             f"{sorted(segmentation)}")
+        size = segmentation["size"]
+        if not isinstance(size, (list, tuple)) or list(size) != [height, width]:
+            raise ValueError(f"{where}: RLE size {segmentation['size']} does not match the image's "
+                             f"[height, width] = {[height, width]}")
+        counts = segmentation["counts"]
+        if isinstance(counts, list):
+            if not all(isinstance(v, int) and v >= 0 for v in counts) or sum(counts) != height * width:
+                raise ValueError(f"{where}: expected uncompressed RLE counts of non-negative ints "
+                                 f"summing to height * width = {height * width}")
+        elif not isinstance(counts, (str, bytes)):
+            raise ValueError(f"{where}: expected RLE counts as a list of ints or a string, got "
+                             f"{type(counts).__name__}")
+        return
+    raise ValueError(f"{where}: expected a list of polygons or an RLE dict, got "
+                     f"{type(segmentation).__name__}")
+
+
+def decode_segmentation(segmentation, height, width):
+    """The mask of a COCO segmentation (polygons, uncompressed RLE or compressed RLE).
+
+    Inputs:
+    - segmentation: a segmentation that `_check_segmentation` accepts
+    - height, width: of the image
+    Returns:
+    - mask: (H, W) bool
+    """
+    if isinstance(segmentation, list):
+        # polygons of fewer than 3 points have no area (and pycocotools reads 4 numbers as a box)
+        polys = [[float(v) for v in p] for p in segmentation if len(p) >= 6]
+        if not polys:
+            return np.zeros((height, width), dtype=bool)
+        rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+    elif isinstance(segmentation["counts"], list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    with warnings.catch_warnings():
+        # pycocotools' Cython decode trips numpy 2's __array__(copy=...) deprecation; harmless
+        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        return mask_utils.decode(rle).astype(bool)
+
+
+class CocoDataset:
+    """A COCO-format instance segmentation dataset, indexable like `ShapesDataset`.
+
+    `ds[i]` -> (image (H, W, 3) uint8, {"boxes" (M, 4) float32 xyxy, "labels" (M,) int64 1..K,
+    "masks" (M, H, W) bool}). Images are read from disk on access; crowd annotations are skipped.
+    """
+
+    def __init__(self, coco_dict, image_dir):
+        """Validate a parsed instances JSON and index it.
+
+        Inputs:
+        - coco_dict: the parsed JSON
+        - image_dir: folder the images' `file_name`s are relative to
+        Returns: the dataset; raises ValueError naming the offending field
+        """
+        for key in REQUIRED_KEYS:
+            if key not in coco_dict:
+                raise ValueError(f"COCO JSON is missing the top-level field '{key}' "
+                                 f"(expected {', '.join(REQUIRED_KEYS)})")
+        self.coco_dict = coco_dict
+        self.image_dir = image_dir
+        for img in coco_dict["images"]:
+            for field in REQUIRED_IMAGE_FIELDS:
+                if field not in img:
+                    raise ValueError(f"image id {img.get('id')}: missing field '{field}' "
+                                     f"(expected {', '.join(REQUIRED_IMAGE_FIELDS)})")
+        category_ids = sorted(c["id"] for c in coco_dict["categories"])
+        names = {c["id"]: c.get("name", str(c["id"])) for c in coco_dict["categories"]}
+        self.class_names = tuple(names[c] for c in category_ids)
+        self.label_to_category_id = {label: c for label, c in enumerate(category_ids, start=1)}
+        self.category_id_to_label = {c: label for label, c in self.label_to_category_id.items()}
+        self.images = list(coco_dict["images"])
+        self.image_ids = [img["id"] for img in self.images]
+        by_id = {img["id"]: img for img in self.images}
+        self._annotations = {image_id: [] for image_id in self.image_ids}
+        for ann in coco_dict["annotations"]:
+            for field in REQUIRED_ANNOTATION_FIELDS:
+                if field not in ann:
+                    raise ValueError(f"annotation id {ann.get('id')}: missing field '{field}' "
+                                     f"(expected {', '.join(REQUIRED_ANNOTATION_FIELDS)})")
+            if ann["image_id"] not in by_id:
+                raise ValueError(f"annotation id {ann['id']}: field 'image_id' = {ann['image_id']} "
+                                 f"is not the id of any image")
+            if ann["category_id"] not in self.category_id_to_label:
+                raise ValueError(f"annotation id {ann['id']}: field 'category_id' = "
+                                 f"{ann['category_id']} is not the id of any category")
+            img = by_id[ann["image_id"]]
+            _check_segmentation(ann["segmentation"], ann["id"], img["height"], img["width"])
+            if "bbox" in ann and (not isinstance(ann["bbox"], list) or len(ann["bbox"]) != 4):
+                raise ValueError(f"annotation id {ann['id']}: field 'bbox' must be [x, y, w, h], "
+                                 f"got {ann['bbox']}")
+            self._annotations[ann["image_id"]].append(ann)
+
+    def __len__(self):
+        return len(self.images)
+
+    def image_path(self, i):
+        """Inputs: i, the dataset index. Returns: the path of image i on disk."""
+        return os.path.join(self.image_dir, self.images[i]["file_name"])
+
+    def load_image(self, i):
+        """Image i as RGB (grayscale, palette and RGBA are converted; alpha is dropped).
+
+        Inputs:
+        - i: int in [0, len)
+        Returns:
+        - image: (H, W, 3) uint8
+        """
+        path = self.image_path(i)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image file not found: {path}")
+        with Image.open(path) as im:
+            image = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        info = self.images[i]
+        if image.shape[:2] != (info["height"], info["width"]):
+            raise ValueError(f"image id {info['id']}: {path} is {image.shape[1]}x{image.shape[0]} "
+                             f"(width x height) but the JSON says {info['width']}x{info['height']}")
+        return image
+
+    def load_target(self, i):
+        """The instances of image i, without reading the image.
+
+        Inputs:
+        - i: int in [0, len)
+        Returns:
+        - target: {"boxes": (M, 4) float32 xyxy, "labels": (M,) int64, "masks": (M, H, W) bool};
+          boxes are the mask extents, or the `bbox` field where a mask is empty
+        """
+        info = self.images[i]
+        H, W = info["height"], info["width"]
+        anns = [a for a in self._annotations[info["id"]] if not a.get("iscrowd", 0)]
+        masks = np.zeros((len(anns), H, W), dtype=bool)
+        boxes = np.zeros((len(anns), 4), dtype=np.float32)
+        for k, ann in enumerate(anns):
+            masks[k] = decode_segmentation(ann["segmentation"], H, W)
+            if masks[k].any():
+                boxes[k] = masks_to_boxes(masks[k:k + 1])[0]
+            elif "bbox" in ann:
+                x, y, w, h = ann["bbox"]
+                boxes[k] = (x, y, x + w, y + h)
+            else:
+                raise ValueError(f"annotation id {ann['id']}: the segmentation is empty and there "
+                                 f"is no field 'bbox' to take the box from")
+        labels = np.array([self.category_id_to_label[a["category_id"]] for a in anns], dtype=np.int64)
+        return {"boxes": boxes, "labels": labels, "masks": masks}
+
+    def __getitem__(self, i):
+        """Image i and its target (see `load_image`, `load_target`).
+
+        Inputs:
+        - i: int in [-len, len)
+        Returns:
+        - image: (H, W, 3) uint8
+        - target: dict as `load_target`
+        """
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"image index {i} out of range for {len(self)} images")
+        return self.load_image(i), self.load_target(i)
+
+    def __repr__(self):
+        return f"CocoDataset({len(self)} images, classes={self.class_names})"
+
+
+def load_coco(instances_json, image_dir=None):
+    """Read a COCO-format instance segmentation dataset.
+
+    Inputs:
+    - instances_json: path of the instances JSON
+    - image_dir: folder of the images; default the JSON's folder + "/images" if that exists,
+      else the JSON's folder
+    Returns:
+    - dataset: CocoDataset; FileNotFoundError if the JSON is missing, ValueError (naming the
+      field and annotation id) if it is malformed
+    """
+    if not os.path.isfile(instances_json):
+        raise FileNotFoundError(f"COCO instances JSON not found: {instances_json}")
+    with open(instances_json) as f:
+        try:
+            coco_dict = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{instances_json} is not valid JSON: {e}") from e
+    if not isinstance(coco_dict, dict):
+        raise ValueError(f"{instances_json}: expected a JSON object with "
+                         f"{', '.join(REQUIRED_KEYS)}, got {type(coco_dict).__name__}")
+    if image_dir is None:
+        folder = os.path.dirname(os.path.abspath(instances_json))
+        images = os.path.join(folder, "images")
+        image_dir = images if os.path.isdir(images) else folder
+    return CocoDataset(coco_dict, image_dir)
+
+
+def _label_to_category_id(dataset):
+    """Inputs: a dataset. Returns: its label -> category id map (identity 1..K if it has none)."""
+    mapping = getattr(dataset, "label_to_category_id", None)
+    if mapping is None:
+        mapping = {k: k for k in range(1, len(dataset.class_names) + 1)}
+    return mapping
+
+
+def dataset_to_coco(dataset):
+    """The COCO ground-truth dict of a dataset held in memory (what COCOeval evaluates against).
+
+    For a CocoDataset this is its own JSON (its image and category ids, crowd annotations kept so
+    that COCOeval ignores detections on them), with `area`, `bbox` and `iscrowd` filled in where
+    missing. For any other dataset (`ShapesDataset`) the annotations are built from the targets:
+    RLE of each mask, area = mask pixels, bbox [x, y, w, h] from the box.
+
+    Inputs:
+    - dataset: indexable as `(image, target)`, with `class_names` and `image_ids`
+    Returns:
+    - coco: {"images", "categories", "annotations"}
+    """
+    if isinstance(dataset, CocoDataset):
+        return _coco_dataset_to_coco(dataset)
+    mapping = _label_to_category_id(dataset)
+    images, annotations = [], []
+    for i, image_id in enumerate(dataset.image_ids):
+        image, target = dataset[i]
+        H, W = image.shape[:2]
+        images.append({"id": int(image_id), "file_name": f"{int(image_id):06d}.png",
+                       "height": int(H), "width": int(W)})
+        rles = encode_masks(target["masks"])
+        for rle, box, label in zip(rles, target["boxes"], target["labels"]):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": int(image_id),
+                "category_id": int(mapping[int(label)]), "segmentation": rle,
+                "area": float(mask_utils.area(rle)), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "iscrowd": 0})
+    categories = [{"id": int(mapping[k]), "name": name}
+                  for k, name in enumerate(dataset.class_names, start=1)]
+    return {"images": images, "categories": categories, "annotations": annotations}
+
+
+def _coco_dataset_to_coco(dataset):
+    """`dataset_to_coco` for a CocoDataset: its own annotations, completed.
+
+    Inputs:
+    - dataset: CocoDataset
+    Returns:
+    - coco: dict as `dataset_to_coco`
+    """
+    images, annotations = [], []
+    for info in dataset.images:
+        images.append({k: info[k] for k in REQUIRED_IMAGE_FIELDS})
+        for ann in dataset._annotations[info["id"]]:
+            ann = copy.deepcopy(ann)
+            ann.setdefault("iscrowd", 0)
+            if "area" not in ann or "bbox" not in ann:
+                mask = decode_segmentation(ann["segmentation"], info["height"], info["width"])
+                rle = encode_mask(mask)
+                ann.setdefault("area", float(mask_utils.area(rle)))
+                ann.setdefault("bbox", [float(v) for v in mask_utils.toBbox(rle)])
+            annotations.append(ann)
+    categories = copy.deepcopy(dataset.coco_dict["categories"])
+    return {"images": images, "categories": categories, "annotations": annotations}
+
+
+def save_coco(dataset, out_dir, json_name="instances.json"):
+    """Write a dataset in COCO format: PNG images plus an instances JSON.
+
+    Images go to `out_dir/images/000001.png` ... (named by image id); the JSON to
+    `out_dir/json_name`, with RLE segmentations (see `dataset_to_coco`). Every file is written
+    atomically.
+
+    Inputs:
+    - dataset: indexable as `(image, target)`, with `class_names` and `image_ids`
+    - out_dir: output folder, created if needed
+    - json_name: file name of the JSON inside out_dir
+    Returns:
+    - path: str, the path of the JSON
+    """
+    image_dir = os.path.join(out_dir, "images")
+    os.makedirs(image_dir, exist_ok=True)
+    coco = dataset_to_coco(dataset)
+    for i, info in enumerate(coco["images"]):
+        image = dataset.load_image(i) if isinstance(dataset, CocoDataset) else dataset[i][0]
+        info["file_name"] = f"{int(info['id']):06d}.png"
+        path = os.path.join(image_dir, info["file_name"])
+        _write_atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+    path = os.path.join(out_dir, json_name)
+    write_json_atomic(coco, path)
+    return path

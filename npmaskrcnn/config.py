@@ -1,0 +1,151 @@
+"""Every hyperparameter of the model and of its training, in one dataclass.
+
+`Config()` is the shapes preset for 128x128 images. The paper's values (Mask R-CNN with FPN,
+He et al. 2017, and torchvision's defaults) are given in each comment where the preset differs:
+the shapes preset scales widths, anchor sizes and RoI counts down for small images and a CPU.
+Other presets are classmethods: `Config.tiny()` for tests. A config round-trips through JSON.
+"""
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+LEVEL_NAMES = {2: "p2", 3: "p3", 4: "p4", 5: "p5", 6: "p6"}
+POOLERS = ("roi_align", "roi_align_unaligned", "roi_align_max", "roi_pool")
+
+
+@dataclass
+class Config:
+    # ---- data ----
+    image_size: int = 128                 # square input side in pixels; must be a multiple of 32
+    num_classes: int = 3                  # K foreground classes (labels 1..K, 0 is background)
+    pixel_mean: tuple = (127.5, 127.5, 127.5)  # subtracted from uint8 RGB before the backbone
+    pixel_std: tuple = (64.0, 64.0, 64.0)      # divides after the mean
+
+    # ---- backbone: ResNet with GroupNorm + FPN ----
+    stem_channels: int = 32               # 7x7 stride-2 stem conv width (ResNet: 64)
+    stage_channels: tuple = (32, 64, 128, 256)  # C2..C5 widths (ResNet-18: 64, 128, 256, 512)
+    stage_blocks: tuple = (1, 1, 1, 1)    # BasicBlocks per stage (ResNet-18: 2, 2, 2, 2)
+    gn_groups: int = 8                    # GroupNorm groups (paper: 32); capped at the channel count
+    fpn_channels: int = 64                # FPN width (paper: 256)
+
+    # ---- anchors (one size per level P2..P6) ----
+    anchor_sizes: tuple = (8, 16, 32, 64, 128)  # paper: 32, 64, 128, 256, 512 for ~800 px images
+    anchor_ratios: tuple = (0.5, 1.0, 2.0)      # h / w, as in the paper
+
+    # ---- RPN ----
+    rpn_fg_iou: float = 0.7               # anchor positive at IoU >= this (paper)
+    rpn_bg_iou: float = 0.3               # anchor negative below this (paper)
+    rpn_batch_size_per_image: int = 256   # anchors sampled per image for the RPN loss (paper)
+    rpn_positive_fraction: float = 0.5    # paper: 1:1
+    rpn_pre_nms_top_n_train: int = 1000   # per level, before NMS (torchvision: 2000)
+    rpn_post_nms_top_n_train: int = 300   # per image, after NMS (torchvision: 2000)
+    rpn_pre_nms_top_n_test: int = 500     # torchvision: 1000
+    rpn_post_nms_top_n_test: int = 100    # torchvision: 1000
+    rpn_nms_thresh: float = 0.7           # paper
+    rpn_min_size: float = 1.0             # drop proposals smaller than this (pixels)
+
+    # ---- RoI heads ----
+    box_fg_iou: float = 0.5               # RoI positive at IoU >= this (paper)
+    box_bg_iou: float = 0.5               # RoI background below this (paper)
+    box_batch_size_per_image: int = 128   # RoIs sampled per image (paper: 512)
+    box_positive_fraction: float = 0.25   # paper: 1:3 positives
+    bbox_reg_weights: tuple = (10.0, 10.0, 5.0, 5.0)  # delta scaling (torchvision)
+    pooler: str = "roi_align"             # roi_align | roi_align_unaligned | roi_align_max | roi_pool
+    pooler_levels: tuple = (2, 3, 4, 5)   # FPN levels the RoI heads pool from; (4,) = stride 16 only
+    pooler_sampling_ratio: int = 2        # bilinear samples per bin side (torchvision: 2)
+    canonical_size: float = 112.0         # FPN eq. 1: s0 (paper: 224, for ~800 px images)
+    canonical_level: int = 4              # FPN eq. 1: k0 (paper: 4)
+    box_pool_size: int = 7                # box head RoI size (paper: 7)
+    box_fc_dim: int = 256                 # the two FC layers of the box head (paper: 1024)
+    mask_pool_size: int = 14              # mask head RoI size (paper: 14)
+    mask_channels: int = 64               # mask head conv width (paper: 256)
+    mask_num_convs: int = 4               # 3x3 convs in the mask head (paper: 4)
+    max_mask_rois_per_image: int = 16     # positives per image sent to the mask head in training
+    mask_loss: str = "sigmoid"            # sigmoid (per-class BCE, paper) | softmax (across classes)
+    class_agnostic_masks: bool = False    # one mask per RoI instead of one per class
+
+    # ---- inference ----
+    box_score_thresh: float = 0.05        # drop detections scoring below this (torchvision)
+    box_nms_thresh: float = 0.5           # per-class NMS (torchvision)
+    detections_per_img: int = 100         # paper: top 100
+    mask_threshold: float = 0.5           # paper
+
+    # ---- training ----
+    seed: int = 0                         # seeds initialisation, data and sampling
+    batch_size: int = 4                   # images per step
+    train_steps: int = 3000               # optimizer steps
+    optimizer: str = "adamw"              # adamw | sgd
+    lr: float = 2e-3                      # peak learning rate
+    momentum: float = 0.9                 # SGD only
+    weight_decay: float = 1e-4            # not on norms and biases
+    warmup_steps: int = 200               # linear warmup from lr * 0.001
+    schedule: str = "cosine"              # cosine | step | constant
+    grad_clip: float = 10.0               # max global gradient norm (0 = off)
+    hflip: bool = True                    # random horizontal flip
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        """Raise ValueError naming the first field that is out of range."""
+        def need(cond, name, expected):
+            if not cond:
+                raise ValueError(f"Config.{name}: expected {expected}, got {getattr(self, name)!r}")
+        need(self.image_size >= 32 and self.image_size % 32 == 0, "image_size",
+             "a positive multiple of 32")
+        need(self.num_classes >= 1, "num_classes", "at least 1")
+        need(len(self.stage_channels) == 4, "stage_channels", "4 widths (C2..C5)")
+        need(len(self.stage_blocks) == 4 and min(self.stage_blocks) >= 1, "stage_blocks",
+             "4 block counts >= 1")
+        need(len(self.anchor_sizes) == 5, "anchor_sizes", "5 sizes (P2..P6)")
+        need(self.pooler in POOLERS, "pooler", f"one of {POOLERS}")
+        need(len(self.pooler_levels) >= 1 and all(2 <= k <= 5 for k in self.pooler_levels),
+             "pooler_levels", "levels within 2..5")
+        need(self.mask_loss in ("sigmoid", "softmax"), "mask_loss", "'sigmoid' or 'softmax'")
+        need(0 < self.rpn_bg_iou <= self.rpn_fg_iou <= 1, "rpn_fg_iou", "0 < rpn_bg_iou <= rpn_fg_iou <= 1")
+        need(0 < self.box_bg_iou <= self.box_fg_iou <= 1, "box_fg_iou", "0 < box_bg_iou <= box_fg_iou <= 1")
+        need(0 < self.rpn_positive_fraction <= 1, "rpn_positive_fraction", "in (0, 1]")
+        need(0 < self.box_positive_fraction <= 1, "box_positive_fraction", "in (0, 1]")
+        need(self.optimizer in ("adamw", "sgd"), "optimizer", "'adamw' or 'sgd'")
+        need(self.batch_size >= 1, "batch_size", "at least 1")
+        need(self.lr > 0, "lr", "a positive number")
+
+    # ---- presets ----
+    @classmethod
+    def shapes(cls, **overrides):
+        """The default preset: 128x128 shapes images (same as Config())."""
+        return cls(**overrides)
+
+    @classmethod
+    def tiny(cls, **overrides):
+        """A very small network on 32x32 images, for gradient checks and fast tests."""
+        kw = dict(image_size=32, stem_channels=4, stage_channels=(4, 4, 8, 8), stage_blocks=(1, 1, 1, 1),
+                  gn_groups=2, fpn_channels=8, anchor_sizes=(4, 8, 16, 32, 64),
+                  rpn_batch_size_per_image=32, rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20,
+                  rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20,
+                  box_batch_size_per_image=16, canonical_size=28.0, box_pool_size=3, box_fc_dim=8,
+                  mask_pool_size=4, mask_channels=4, mask_num_convs=2, max_mask_rois_per_image=4)
+        kw.update(overrides)
+        return cls(**kw)
+
+    # ---- JSON ----
+    def to_dict(self):
+        return asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"config: unknown fields {unknown}")
+        kw = {}
+        for k, v in d.items():
+            kw[k] = tuple(v) if isinstance(v, list) else v
+        return cls(**kw)
+
+    @classmethod
+    def from_json(cls, s):
+        return cls.from_dict(json.loads(s))
