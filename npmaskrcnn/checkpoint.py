@@ -1,0 +1,113 @@
+"""Safe checkpoints: a plain .npz, loaded without pickle, written atomically.
+
+Layout of the archive (every entry a numeric or unicode array, never an object array):
+    format_version          () int
+    config                  () str, the Config as JSON
+    class_names             (K,) str
+    param/<dotted name>     every parameter, e.g. param/backbone.body.stem.0.weight
+    extra/<key>             optional training state (optimizer moments, step, ...)
+
+Saving writes `<path>.tmp-<pid>` then renames it over `path` (os.replace is atomic on POSIX),
+so an interrupted save leaves the previous checkpoint intact.
+"""
+
+import json
+import os
+import zipfile
+
+import numpy as np
+
+from .config import Config
+
+FORMAT_VERSION = 1
+
+
+def save_model(model, path, extra=None):
+    """Write `model` (and optional extra arrays) to `path` atomically. Returns the path.
+
+    Inputs:
+    - model: a MaskRCNN
+    - path: destination .npz file
+    - extra: optional dict name -> array (training state), stored as extra/<name>
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"path: the folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"path: the folder {folder!r} is not writable")
+    arrays = {"format_version": np.array(FORMAT_VERSION),
+              "config": np.array(model.config.to_json()),
+              "class_names": np.array(list(model.class_names), dtype=str)}
+    for name, value in model.named_params():
+        arrays["param/" + name] = value
+    for name, value in (extra or {}).items():
+        arrays["extra/" + name] = np.asarray(value)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_checkpoint(path):
+    """Read a checkpoint without pickle. Returns dict: config, class_names, params, extra.
+
+    Raises FileNotFoundError for a missing file and ValueError (naming the path and entry) for a
+    file that is not a valid checkpoint: truncated, not a zip, pickled/object arrays, no config.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path: no checkpoint file at {path!r}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"checkpoint {path!r}: not an .npz (zip) archive; truncated, corrupt "
+                         "or another kind of file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            entries = {}
+            for key in z.files:
+                try:
+                    entries[key] = z[key]
+                except ValueError as e:
+                    raise ValueError(f"checkpoint {path!r}: entry {key!r} is an object (pickled) "
+                                     "array; refusing to load it") from e
+    except (zipfile.BadZipFile, EOFError, OSError, TypeError) as e:
+        raise ValueError(f"checkpoint {path!r}: not a readable .npz archive (truncated or "
+                         f"corrupt?): {e}") from e
+    for key in ("format_version", "config", "class_names"):
+        if key not in entries:
+            raise ValueError(f"checkpoint {path!r}: missing entry {key!r}; not an npmaskrcnn checkpoint")
+    version = int(entries["format_version"])
+    if version != FORMAT_VERSION:
+        raise ValueError(f"checkpoint {path!r}: format_version {version}, this code reads {FORMAT_VERSION}")
+    try:
+        config = Config.from_dict(json.loads(str(entries["config"])))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"checkpoint {path!r}: invalid config entry: {e}") from e
+    params = {k[len("param/"):]: v for k, v in entries.items() if k.startswith("param/")}
+    extra = {k[len("extra/"):]: v for k, v in entries.items() if k.startswith("extra/")}
+    return {"config": config, "class_names": tuple(str(c) for c in entries["class_names"]),
+            "params": params, "extra": extra}
+
+
+def load_model(path):
+    """Load a ready-to-use MaskRCNN from a checkpoint written by `save_model`.
+
+    Raises ValueError naming any missing, unexpected or mis-shaped parameter.
+    """
+    from .model import MaskRCNN
+
+    ckpt = load_checkpoint(path)
+    model = MaskRCNN(ckpt["config"], ckpt["class_names"])
+    try:
+        model.load_state_dict(ckpt["params"])
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if e.args else str(e)
+        raise ValueError(f"checkpoint {os.fspath(path)!r}: {msg}") from e
+    return model

@@ -1,0 +1,180 @@
+"""Mask R-CNN (He, Gkioxari, Dollar, Girshick 2017): the whole network, forward and backward.
+
+    image -> ResNet -> FPN -> [p2..p6] -> RPN -> proposals
+                                   \\-> RoI heads (box branch, mask branch) -> losses / detections
+
+`forward(images, targets)` returns the five losses of torchvision's Mask R-CNN; `backward()`
+walks the same path in reverse — RoI heads, RPN, FPN, ResNet — and fills every parameter's
+gradient (the total loss is their plain sum, so each branch starts from d(total)/d(loss) = 1).
+Proposals and sampled RoIs are constants, as in the paper: gradients reach the backbone through
+the RPN head and through the pooled RoI features only. `predict(images)` runs in eval mode.
+
+Shape shorthand:
+    N images, H x W image size (padded up to a multiple of 32 inside), K classes, D detections.
+
+Naming:
+    images      list of (H, W, 3) uint8 arrays, or one (N, H, W, 3) / (H, W, 3) array
+    targets     list of N dicts: "boxes" (M, 4) float xyxy pixels, "labels" (M,) int in 1..K,
+                "masks" (M, H, W) bool
+    features    [p2, p3, p4, p5, p6], each (N, F, H/2^k, W/2^k)
+"""
+
+import numpy as np
+
+from .backbone import Backbone
+from .config import Config
+from .nn import Module
+from .roi_heads import RoIHeads
+from .rpn import RPN
+
+SHAPES_CLASSES = ("square", "circle", "triangle")
+
+
+class MaskRCNN(Module):
+    """Mask R-CNN with a ResNet+FPN backbone. `MaskRCNN(Config(), class_names)`."""
+
+    def __init__(self, config=None, class_names=None):
+        super().__init__()
+        cfg = config if config is not None else Config()
+        if not isinstance(cfg, Config):
+            raise TypeError(f"config: expected a Config, got {type(cfg).__name__}")
+        if class_names is None:
+            class_names = SHAPES_CLASSES if cfg.num_classes == 3 else tuple(
+                f"class{i}" for i in range(1, cfg.num_classes + 1))
+        if len(class_names) != cfg.num_classes:
+            raise ValueError(f"class_names: expected {cfg.num_classes} names (config.num_classes), "
+                             f"got {len(class_names)}")
+        self.config, self.class_names = cfg, tuple(str(c) for c in class_names)
+        rng = np.random.default_rng(cfg.seed)
+        self.add("backbone", Backbone(cfg, rng))
+        self.add("rpn", RPN(cfg, rng))
+        self.add("roi_heads", RoIHeads(cfg, rng))
+        self.rng = np.random.default_rng([cfg.seed, 1])        # anchor and RoI sampling
+
+    @property
+    def dtype(self):
+        return self.backbone.body.stem.children["0"].params["weight"].dtype
+
+    # ---- input ----------------------------------------------------------------------------
+    def preprocess(self, images):
+        """uint8 images -> normalised (N, 3, Hp, Wp) in the model's dtype, and (H, W).
+
+        The batch is padded at the bottom/right to a multiple of 32 so every FPN level halves
+        exactly; boxes are unaffected and are clipped to the real (H, W).
+        """
+        images = as_image_list(images)
+        h, w = images[0].shape[:2]
+        hp, wp = -(-h // 32) * 32, -(-w // 32) * 32
+        x = np.zeros((len(images), 3, hp, wp), self.dtype)
+        mean = np.asarray(self.config.pixel_mean, self.dtype)[:, None, None]
+        std = np.asarray(self.config.pixel_std, self.dtype)[:, None, None]
+        for i, im in enumerate(images):
+            x[i, :, :h, :w] = (im.transpose(2, 0, 1).astype(self.dtype) - mean) / std
+        return x, (h, w)
+
+    # ---- training -------------------------------------------------------------------------
+    def forward(self, images, targets):
+        """Losses for a batch: loss_objectness, loss_rpn_box_reg, loss_classifier, loss_box_reg,
+        loss_mask (floats). Caches what `backward` needs (training mode)."""
+        if not self.training:
+            raise RuntimeError("MaskRCNN.forward computes losses in training mode; call "
+                               "model.train() first, or use model.predict(images)")
+        x, image_size = self.preprocess(images)
+        targets = check_targets(targets, len(x), image_size, self.config.num_classes)
+        features = self.backbone(x)                                        # [p2..p6]
+        proposals, rpn_losses = self.rpn(features, image_size, [t["boxes"] for t in targets], self.rng)
+        _, roi_losses = self.roi_heads(features[:4], proposals, image_size, targets, self.rng)
+        return {**rpn_losses, **roi_losses}
+
+    def backward(self):
+        """Fill every parameter's gradient of the summed losses of the last `forward`."""
+        droi = self.roi_heads.backward()                                   # [dp2..dp5]
+        drpn = self.rpn.backward()                                         # [dp2..dp6]
+        dfeatures = [d if k >= len(droi) or droi[k] is None else d + droi[k]
+                     for k, d in enumerate(drpn)]
+        self.backbone.backward(dfeatures)
+
+    # ---- inference ------------------------------------------------------------------------
+    def predict(self, images):
+        """Detections for each image: list of dicts with "boxes" (D, 4) float32 xyxy pixels,
+        "labels" (D,) int64 in 1..K, "scores" (D,) float32, "masks" (D, H, W) bool."""
+        was_training = self.training
+        self.eval()
+        try:
+            x, image_size = self.preprocess(images)
+            features = self.backbone(x)
+            proposals, _ = self.rpn(features, image_size)
+            detections, _ = self.roi_heads(features[:4], proposals, image_size)
+        finally:
+            self.train(was_training)
+        return detections
+
+
+def as_image_list(images):
+    """Accept (H, W, 3) uint8, (N, H, W, 3) uint8 or a list of (H, W, 3) uint8 of one size."""
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            images = [images]
+        elif images.ndim == 4:
+            images = list(images)
+        else:
+            raise ValueError(f"images: expected (H, W, 3), (N, H, W, 3) or a list of (H, W, 3) "
+                             f"arrays, got an array of shape {images.shape}")
+    if not isinstance(images, (list, tuple)) or len(images) == 0:
+        raise ValueError(f"images: expected a non-empty list of (H, W, 3) uint8 arrays, got {type(images).__name__}")
+    first = None
+    for i, im in enumerate(images):
+        if not isinstance(im, np.ndarray):
+            raise TypeError(f"images[{i}]: expected a numpy array, got {type(im).__name__}")
+        if im.ndim != 3 or im.shape[2] != 3:
+            raise ValueError(f"images[{i}]: expected shape (H, W, 3), got {im.shape}")
+        if im.dtype != np.uint8:
+            raise TypeError(f"images[{i}]: expected dtype uint8, got {im.dtype}")
+        if first is None:
+            first = im.shape
+        elif im.shape != first:
+            raise ValueError(f"images[{i}]: all images of a batch must have one size; "
+                             f"expected {first}, got {im.shape}")
+        if min(im.shape[:2]) < 1:
+            raise ValueError(f"images[{i}]: expected a non-empty image, got shape {im.shape}")
+    return list(images)
+
+
+def check_targets(targets, n, image_size, num_classes):
+    """Validate training targets; returns them with boxes float32, labels int64, masks bool."""
+    if not isinstance(targets, (list, tuple)) or len(targets) != n:
+        raise ValueError(f"targets: expected a list of {n} dicts (one per image), got "
+                         f"{type(targets).__name__} of length {len(targets) if hasattr(targets, '__len__') else '?'}")
+    h, w = image_size
+    out = []
+    for i, t in enumerate(targets):
+        for key in ("boxes", "labels", "masks"):
+            if not isinstance(t, dict) or key not in t:
+                raise ValueError(f"targets[{i}]: expected a dict with 'boxes', 'labels', 'masks'; "
+                                 f"'{key}' is missing")
+        boxes = np.asarray(t["boxes"], dtype=np.float32).reshape(-1, 4) if np.size(t["boxes"]) == 0 \
+            else np.asarray(t["boxes"], dtype=np.float32)
+        labels = np.asarray(t["labels"])
+        masks = np.asarray(t["masks"])
+        m = boxes.shape[0]
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"targets[{i}]['boxes']: expected shape (M, 4), got {boxes.shape}")
+        if not np.all(np.isfinite(boxes)):
+            raise ValueError(f"targets[{i}]['boxes']: expected finite values, got NaN or inf")
+        if m and (np.any(boxes[:, 2] < boxes[:, 0]) or np.any(boxes[:, 3] < boxes[:, 1])):
+            raise ValueError(f"targets[{i}]['boxes']: expected x2 >= x1 and y2 >= y1")
+        if m and (boxes.min() < -1 or np.any(boxes[:, 2] > w + 1) or np.any(boxes[:, 3] > h + 1)):
+            raise ValueError(f"targets[{i}]['boxes']: expected boxes inside the {w}x{h} image, "
+                             f"got range [{boxes.min():.1f}, {boxes.max():.1f}]")
+        if labels.shape != (m,) or (m and not np.issubdtype(labels.dtype, np.integer)):
+            raise ValueError(f"targets[{i}]['labels']: expected ({m},) integers, got shape "
+                             f"{labels.shape} dtype {labels.dtype}")
+        if m and (labels.min() < 1 or labels.max() > num_classes):
+            raise ValueError(f"targets[{i}]['labels']: expected values in 1..{num_classes}, got "
+                             f"[{labels.min()}, {labels.max()}]")
+        if masks.shape != (m, h, w):
+            raise ValueError(f"targets[{i}]['masks']: expected shape ({m}, {h}, {w}), got {masks.shape}")
+        if masks.dtype != bool:
+            raise TypeError(f"targets[{i}]['masks']: expected dtype bool, got {masks.dtype}")
+        out.append({"boxes": boxes, "labels": labels.astype(np.int64), "masks": masks})
+    return out

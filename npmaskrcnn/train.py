@@ -1,0 +1,222 @@
+"""The training loop: batches, flips, the optimizer and its schedule, logs, checkpoints, resume.
+
+Every random choice is a pure function of (seed, step): the images of step s are dataset items
+s*B .. s*B+B-1 (shapes are generated on the fly, so every step sees new images), the flips and
+the anchor/RoI sampling use generators seeded with [seed, ..., step]. Resuming from a checkpoint
+therefore replays exactly the run that was interrupted, and two runs with one seed are equal.
+
+A run folder holds:
+    checkpoint.npz   model + optimizer state + step, written atomically every N steps and at the end
+    model.npz        the final model alone (what `load_model` reads)
+    log.csv          one row per step: step, lr, losses, gradient norm, seconds
+    loss_curve.png   the losses against the step
+    eval.jsonl       periodic COCO metrics on the validation images (if requested)
+
+Naming:
+    step        0-based optimizer step; B images per step
+"""
+
+import csv
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from .checkpoint import load_checkpoint, save_model
+from .model import MaskRCNN
+from .optim import SGD, AdamW, clip_grad_norm, lr_at
+from .shapes import ShapesDataset
+
+LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def hflip(image, target):
+    """Mirror an image and its target left-right."""
+    w = image.shape[1]
+    boxes = target["boxes"].copy()
+    boxes[:, [0, 2]] = w - target["boxes"][:, [2, 0]]
+    return (np.ascontiguousarray(image[:, ::-1]),
+            {"boxes": boxes, "labels": target["labels"],
+             "masks": np.ascontiguousarray(target["masks"][:, :, ::-1])})
+
+
+def batch_indices(step, batch_size, n, seed):
+    """Dataset indices of a step's batch: consecutive items of a per-epoch permutation."""
+    out = []
+    for j in range(batch_size):
+        i = step * batch_size + j
+        epoch, pos = divmod(i, n)
+        out.append(int(np.random.default_rng([seed, 4, epoch]).permutation(n)[pos]) if n > 1 else 0)
+    return out
+
+
+def get_batch(dataset, step, cfg):
+    """(images, targets) of one step, with random horizontal flips."""
+    images, targets = [], []
+    rng = np.random.default_rng([cfg.seed, 3, step])
+    for i in batch_indices(step, cfg.batch_size, len(dataset), cfg.seed):
+        image, target = dataset[i]
+        if cfg.hflip and rng.random() < 0.5:
+            image, target = hflip(image, target)
+        images.append(image)
+        targets.append(target)
+    return images, targets
+
+
+def make_optimizer(model, cfg):
+    if cfg.optimizer == "adamw":
+        return AdamW(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return SGD(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def train_step(model, opt, images, targets, step, cfg):
+    """One optimizer step. Returns the row of the log (dict) or raises TrainingDiverged."""
+    t0 = time.perf_counter()
+    model.rng = np.random.default_rng([cfg.seed, 2, step])
+    opt.lr = lr_at(step, cfg.lr, cfg.train_steps, cfg.warmup_steps, cfg.schedule)
+    model.zero_grad()
+    losses = model.forward(images, targets)
+    total = sum(losses.values())
+    if not all(math.isfinite(v) for v in losses.values()):
+        model.clear_caches()
+        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+        raise TrainingDiverged(f"step {step}: loss is not finite ({bad}); stopping. The last "
+                               "good checkpoint is kept; lower the learning rate or resume from it.")
+    model.backward()
+    gnorm = clip_grad_norm(model, cfg.grad_clip)
+    if not math.isfinite(gnorm):
+        raise TrainingDiverged(f"step {step}: gradient norm is not finite; stopping. The last "
+                               "good checkpoint is kept.")
+    opt.step()
+    row = {"step": step, "lr": opt.lr, "loss": total, **{k: losses.get(k, 0.0) for k in LOSS_KEYS},
+           "grad_norm": gnorm, "seconds": time.perf_counter() - t0}
+    return row
+
+
+def save_training_checkpoint(model, opt, step, path):
+    extra = {"step": np.array(step)}
+    extra.update({"optim/" + k: v for k, v in opt.state_dict().items()})
+    return save_model(model, path, extra=extra)
+
+
+def plot_loss_curve(rows, path):
+    """Write the loss curves of `rows` (the log) to a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([r["step"] for r in rows])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k in ("loss",) + LOSS_KEYS:
+        v = np.array([r[k] for r in rows], dtype=float)
+        if len(v) > 20:                                        # smooth for readability
+            w = max(len(v) // 50, 5)
+            v = np.convolve(v, np.ones(w) / w, mode="valid")
+            ax.plot(steps[w - 1:], v, label=k, lw=2 if k == "loss" else 1)
+        else:
+            ax.plot(steps, v, label=k, lw=2 if k == "loss" else 1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (moving average)")
+    ax.set_title("training losses")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def read_log(path):
+    with open(path, newline="") as f:
+        return [{k: float(v) if k != "step" else int(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_every=0,
+          checkpoint_every=500, resume=False, stop_at=None, progress=True, log=None):
+    """Train a MaskRCNN from scratch (or resume) and return (model, rows of the log).
+
+    Inputs:
+    - cfg: Config (train_steps, batch_size, lr, ... are read from it)
+    - out_dir: run folder (created); see the module docstring for its files
+    - dataset: indexable (image, target) dataset; default: fresh shapes, ShapesDataset(seed=cfg.seed)
+    - val_dataset: dataset for periodic evaluation every `eval_every` steps (0 = never)
+    - resume: continue from out_dir/checkpoint.npz (same config required)
+    - stop_at: stop (with a checkpoint) before this step, as if interrupted; for tests
+    - log: callable for progress messages (the CLI passes print); None = silent
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    if not os.access(out_dir, os.W_OK):
+        raise PermissionError(f"out_dir: {out_dir!r} is not writable")
+    say = log or (lambda *a: None)
+    if dataset is None:
+        s = cfg.image_size
+        dataset = ShapesDataset(cfg.train_steps * cfg.batch_size, seed=cfg.seed, image_size=s,
+                                min_size=max(8, s // 8), max_size=s // 2)
+    names = class_names or getattr(dataset, "class_names", None)
+    model = MaskRCNN(cfg, names)
+    opt = make_optimizer(model, cfg)
+    ckpt_path = os.path.join(out_dir, "checkpoint.npz")
+    log_path = os.path.join(out_dir, "log.csv")
+    start, rows = 0, []
+    if resume:
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt["config"] != cfg:
+            raise ValueError(f"resume: the checkpoint in {out_dir!r} was trained with another config")
+        model.load_state_dict(ckpt["params"])
+        opt.load_state_dict({k[len("optim/"):]: v for k, v in ckpt["extra"].items() if k.startswith("optim/")})
+        start = int(ckpt["extra"]["step"])
+        rows = [r for r in read_log(log_path) if r["step"] < start] if os.path.exists(log_path) else []
+        say(f"resuming at step {start}")
+    fields = ["step", "lr", "loss", *LOSS_KEYS, "grad_norm", "seconds"]
+    with open(log_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    end = cfg.train_steps if stop_at is None else min(stop_at, cfg.train_steps)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.train_steps, initial=start, desc="train", dynamic_ncols=True)
+    model.train()
+    logf = open(log_path, "a", newline="")
+    writer = csv.DictWriter(logf, fieldnames=fields)
+    try:
+        for step in range(start, end):
+            images, targets = get_batch(dataset, step, cfg)
+            row = train_step(model, opt, images, targets, step, cfg)
+            rows.append(row)
+            writer.writerow(row)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k.replace("loss_", ""): f"{row[k]:.3f}" for k in ("loss",) + LOSS_KEYS})
+            done = step + 1
+            if checkpoint_every and done % checkpoint_every == 0 and done < end:
+                logf.flush()
+                save_training_checkpoint(model, opt, done, ckpt_path)
+            if eval_every and val_dataset is not None and done % eval_every == 0:
+                from .evaluate import evaluate_model
+                metrics = evaluate_model(model, val_dataset)
+                summary = {"step": done, **{f"{t}_{k}": metrics[t][k] for t in ("bbox", "segm")
+                                            for k in ("AP", "AP50", "AP75")}}
+                with open(os.path.join(out_dir, "eval.jsonl"), "a") as ef:
+                    ef.write(json.dumps(summary) + "\n")
+                say(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k != "step"))
+                model.train()
+    finally:
+        logf.close()
+        if bar is not None:
+            bar.close()
+    save_training_checkpoint(model, opt, end, ckpt_path)
+    if end == cfg.train_steps:
+        save_model(model, os.path.join(out_dir, "model.npz"))
+    if rows:
+        plot_loss_curve(rows, os.path.join(out_dir, "loss_curve.png"))
+    return model, rows

@@ -1,0 +1,58 @@
+"""Tests for npmaskrcnn.anchors: sizes, ratios, centres and the (y, x, a) ordering."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from npmaskrcnn.anchors import AnchorGenerator
+
+
+def test_cell_anchors_hand_computed():
+    gen = AnchorGenerator(sizes=(16,), aspect_ratios=(0.5, 1.0, 2.0), strides=(4,))
+    assert gen.num_anchors_per_location == 3
+    a = gen.cell_anchors(0)
+    np.testing.assert_allclose(a[1], [-8.0, -8.0, 8.0, 8.0])
+    r = np.sqrt(2.0)                                   # ratio 2 = h / w: w = 16 / sqrt 2, h = 16 sqrt 2
+    np.testing.assert_allclose(a[2], [-8.0 / r, -8.0 * r, 8.0 / r, 8.0 * r])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(2.0, 300.0), min_size=1, max_size=4),
+       st.lists(st.floats(0.2, 5.0), min_size=1, max_size=4),
+       st.integers(1, 5), st.integers(1, 6))
+def test_grid_anchors_centred_and_sized(sizes, ratios, h, w):
+    strides = [4 * 2 ** i for i in range(len(sizes))]
+    gen = AnchorGenerator(sizes, ratios, strides)
+    A = gen.num_anchors_per_location
+    anchors_per_level = gen.grid_anchors([(h, w)] * len(sizes))
+    for level, (anchors, s, size) in enumerate(zip(anchors_per_level, strides, sizes)):
+        assert anchors.shape == (h * w * A, 4) and anchors.dtype == np.float32
+        a = anchors.astype(np.float64).reshape(h, w, A, 4)            # index (y*W + x)*A + a
+        cx, cy = (a[..., 0] + a[..., 2]) / 2, (a[..., 1] + a[..., 3]) / 2
+        ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        np.testing.assert_allclose(cx, ((xs + 0.5) * s)[..., None] + 0 * cx, rtol=1e-6, atol=1e-3)
+        np.testing.assert_allclose(cy, ((ys + 0.5) * s)[..., None] + 0 * cy, rtol=1e-6, atol=1e-3)
+        bw, bh = a[..., 2] - a[..., 0], a[..., 3] - a[..., 1]
+        np.testing.assert_allclose(bw * bh, size ** 2 + 0 * bw, rtol=1e-5)     # area = size**2
+        np.testing.assert_allclose(bh / bw, np.broadcast_to(ratios, bw.shape), rtol=1e-5)
+
+
+def test_grid_anchors_order_matches_rpn_head_layout():
+    gen = AnchorGenerator((32,), (0.5, 1.0, 2.0), (8,))
+    H, W, A = 3, 5, 3
+    anchors = gen.grid_anchors([(H, W)])[0]
+    # an RPN head output (N, A, H, W) permuted to (N, H, W, A) and flattened
+    head = np.arange(A * H * W).reshape(1, A, H, W)
+    flat = head.transpose(0, 2, 3, 1).reshape(-1)
+    for i in (0, 7, 22, H * W * A - 1):
+        a, y, x = np.unravel_index(flat[i], (A, H, W))
+        np.testing.assert_allclose(anchors[i], gen.cell_anchors(0)[a] + [(x + .5) * 8, (y + .5) * 8] * 2,
+                                   rtol=1e-6)
+
+
+def test_anchor_generator_validates():
+    with pytest.raises(ValueError, match="strides"):
+        AnchorGenerator((16, 32), (1.0,), (4,))
+    with pytest.raises(ValueError, match="feature_shapes"):
+        AnchorGenerator((16, 32), (1.0,), (4, 8)).grid_anchors([(2, 2)])

@@ -1,0 +1,310 @@
+"""Tests for npmaskrcnn.roi_ops: RoIPool, RoIAlign (avg and max), FPN levels, the multi-level pooler."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gradcheck import numerical_gradient_array, rel_error
+from npmaskrcnn.roi_ops import (assign_fpn_levels, multilevel_roi_backward, multilevel_roi_forward,
+                                roi_align_backward, roi_align_forward, roi_pool_backward,
+                                roi_pool_forward)
+from reference_ops import roi_align_ref, roi_pool_ref
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_rois(rng, scale, n_img=2, h=7, w=9, n_random=5):
+    """Hand-made edge cases plus random boxes, in image pixels for a map of h x w cells."""
+    hand = np.array([
+        [1, 0, 0, w, h],                       # the whole map
+        [0, -2, -3, 3, 4],                     # partly outside (top-left)
+        [1, w - 2, h - 1, w + 3, h + 4],       # partly outside (bottom-right)
+        [1, w + 2, h + 2, w + 6, h + 5],       # wholly outside
+        [0, -6, -5, -1.5, -1.2],               # wholly outside, above-left
+        [0, 2, 2, 3, 3],                       # 1 x 1 cell
+        [1, 3.3, 3.6, 3.3, 3.6],               # zero size
+        [0, 4, 1, 2, 5],                       # malformed: x2 < x1
+        [0, -1.4, -0.7, 0.6, 0.4],             # straddling the -1 and 0 borders
+    ], dtype=np.float64)
+    xy = rng.uniform(-0.3, 1.1, (n_random, 2)) * [w, h]
+    wh = rng.uniform(0, 0.8, (n_random, 2)) * [w, h]
+    rand = np.concatenate([rng.integers(0, n_img, (n_random, 1)), xy, xy + wh], axis=1)
+    rois = np.concatenate([hand, rand])
+    rois[:, 1:] /= scale                       # cells -> image pixels
+    return rois
+
+
+# ---------------------------------------------------------------------------------------------
+# forward against the reference
+
+
+@pytest.mark.parametrize("output_size", [1, 2, 7, 14])
+@pytest.mark.parametrize("scale", [1.0, 1 / 4, 1 / 16])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_roi_align_forward_matches_reference(mode, scale, output_size):
+    rng = np.random.default_rng(int(1000 * scale) + output_size)
+    x = rng.standard_normal((2, 2, 7, 9))
+    rois = make_rois(rng, scale)
+    for aligned in (False, True):
+        for sampling_ratio in (-1, 1, 2, 4):
+            out, _ = roi_align_forward(x, rois, output_size, scale, sampling_ratio, aligned, mode)
+            ref = roi_align_ref(x, rois, (output_size, output_size), scale, sampling_ratio, aligned,
+                                mode)
+            assert out.shape == (len(rois), 2, output_size, output_size) and out.dtype == np.float64
+            np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12,
+                                       err_msg=f"aligned={aligned} sampling_ratio={sampling_ratio}")
+
+
+@pytest.mark.parametrize("output_size", [1, 2, 7, 14])
+@pytest.mark.parametrize("scale", [1.0, 1 / 4, 1 / 16])
+def test_roi_pool_forward_matches_reference(scale, output_size):
+    rng = np.random.default_rng(int(1000 * scale) + output_size)
+    x = rng.standard_normal((2, 2, 7, 9))
+    rois = make_rois(rng, scale)
+    out, _ = roi_pool_forward(x, rois, output_size, scale)
+    np.testing.assert_array_equal(out, roi_pool_ref(x, rois, (output_size, output_size), scale))
+
+
+def test_non_square_output_and_float32():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 9))
+    rois = make_rois(rng, 0.5)
+    for mode in ("avg", "max"):
+        out, _ = roi_align_forward(x, rois, (3, 5), 0.5, 2, True, mode)
+        np.testing.assert_allclose(out, roi_align_ref(x, rois, (3, 5), 0.5, 2, True, mode),
+                                   rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(roi_pool_forward(x, rois, (3, 5), 0.5)[0],
+                                  roi_pool_ref(x, rois, (3, 5), 0.5))
+    x32 = x.astype(np.float32)
+    for fwd, bwd, kwargs in ((roi_align_forward, roi_align_backward, dict(sampling_ratio=2)),
+                             (roi_pool_forward, roi_pool_backward, {})):
+        out32, cache = fwd(x32, rois, 4, 0.5, **kwargs)
+        assert out32.dtype == np.float32
+        assert bwd(np.ones_like(out32), cache).dtype == np.float32
+        np.testing.assert_allclose(out32, fwd(x, rois, 4, 0.5, **kwargs)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_no_rois():
+    x = np.ones((2, 3, 5, 6))
+    rois = np.zeros((0, 5))
+    for fwd, bwd, kw in ((roi_pool_forward, roi_pool_backward, {}),
+                         (roi_align_forward, roi_align_backward, dict(aligned=True)),
+                         (roi_align_forward, roi_align_backward, dict(mode="max"))):
+        out, cache = fwd(x, rois, (7, 4), 0.5, **kw)
+        assert out.shape == (0, 3, 7, 4)
+        dx = bwd(out, cache)
+        assert dx.shape == x.shape and not dx.any()
+    out, cache = multilevel_roi_forward([x, x[:, :, :3, :3]], rois, 7, [1 / 4, 1 / 8])
+    assert out.shape == (0, 3, 7, 7)
+    assert [d.shape for d in multilevel_roi_backward(out, cache)] == [x.shape, (2, 3, 3, 3)]
+
+
+# ---------------------------------------------------------------------------------------------
+# hand-computed cases
+
+
+def test_roi_align_hand_computed():
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)       # x[y, x] = 4 y + x
+    # aligned: box (1, 1, 3, 3) becomes cells (0.5 .. 2.5); bins of 1 cell sampled at their centres
+    # (1, 1), (1, 2), (2, 1), (2, 2), where bilinear interpolation of 4 y + x is exact
+    out, cache = roi_align_forward(x, [[0, 1, 1, 3, 3]], 2, 1.0, 1, aligned=True)
+    np.testing.assert_allclose(out[0, 0], [[5.0, 6.0], [9.0, 10.0]])
+    # the gradient of out[0, 0, 0, 0] is the one-hot at its sample (1, 1)
+    dx = roi_align_backward(np.array([[[[1.0, 0.0], [0.0, 0.0]]]]), cache)
+    np.testing.assert_allclose(dx[0, 0], np.eye(4)[1][:, None] * np.eye(4)[1][None, :])
+    # not aligned: one 2 x 2 bin sampled at 0.5 and 1.5: mean of 4 y + x there = 4 + 1
+    out, _ = roi_align_forward(x, [[0, 0, 0, 2, 2]], 1, 1.0, 2)
+    np.testing.assert_allclose(out[0, 0], [[5.0]])
+    # samples beyond the map read 0 but still count: on a 2 x 2 map of ones, the box (0, 0, 4, 4)
+    # samples 1 and 3 per axis; only (1, 1) lies inside, so the mean is 1/4
+    out, _ = roi_align_forward(np.ones((1, 1, 2, 2)), [[0, 0, 0, 4, 4]], 1, 1.0, 2)
+    np.testing.assert_allclose(out[0, 0], [[0.25]])
+    # max mode: the largest of the 4 samples (1.5, 1.5) -> 4 * 1.5 + 1.5
+    out, _ = roi_align_forward(x, [[0, 0, 0, 2, 2]], 1, 1.0, 2, mode="max")
+    np.testing.assert_allclose(out[0, 0], [[7.5]])
+
+
+def test_roi_pool_hand_computed():
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    # round: x1 0.4 -> 0, y1 0.6 -> 1, x2 2.5 -> 3 (half away from zero), y2 3.49 -> 3; inclusive
+    # end: 4 x 3 cells; bins of 2 x 1.5 cells -> rows {1, 2} and {2, 3}, columns {0, 1} and {2, 3}
+    out, cache = roi_pool_forward(x, [[0, 0.4, 0.6, 2.5, 3.49]], 2, 1.0)
+    np.testing.assert_array_equal(out[0, 0], [[9.0, 11.0], [13.0, 15.0]])
+    dx = roi_pool_backward(np.ones((1, 1, 2, 2)), cache)
+    expected = np.zeros(16)
+    expected[[9, 11, 13, 15]] = 1
+    np.testing.assert_array_equal(dx.reshape(-1), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# gradients
+
+
+def check_grad(forward, backward, x, rois, **kwargs):
+    out, cache = forward(x, rois, **kwargs)
+    dout = np.random.default_rng(1).standard_normal(out.shape)
+    dx = backward(dout, cache)
+    num = numerical_gradient_array(lambda: forward(x, rois, **kwargs)[0], x, dout)
+    assert dx.shape == x.shape
+    assert rel_error(dx, num) < 1e-7, rel_error(dx, num)
+    assert np.any(dx != 0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1 / 4])
+def test_roi_pool_gradient(scale):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 2, 5, 6))                          # distinct values: no ties
+    check_grad(roi_pool_forward, roi_pool_backward, x, make_rois(rng, scale, h=5, w=6, n_random=3),
+               output_size=3, spatial_scale=scale)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("aligned,sampling_ratio", [(False, -1), (True, 2), (True, -1), (False, 3)])
+def test_roi_align_gradient(mode, aligned, sampling_ratio):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 2, 5, 6))
+    rois = make_rois(rng, 0.5, h=5, w=6, n_random=3)
+    check_grad(roi_align_forward, roi_align_backward, x, rois, output_size=(3, 2), spatial_scale=0.5,
+               sampling_ratio=sampling_ratio, aligned=aligned, mode=mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# FPN levels and the multi-level pooler
+
+
+def test_assign_fpn_levels_hand_computed():
+    side = np.array([224.0, 112.0, 111.0, 448.0, 10_000.0, 0.0, 56.0])
+    boxes = np.stack([np.zeros_like(side), np.zeros_like(side), side, side], axis=1)
+    np.testing.assert_array_equal(assign_fpn_levels(boxes, 2, 5), [4, 3, 2, 5, 5, 2, 2])
+    np.testing.assert_array_equal(assign_fpn_levels(boxes, 2, 5, canonical_size=56,
+                                                    canonical_level=3), [5, 4, 3, 5, 5, 2, 3])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(1.0, 2000.0), st.floats(0.25, 4.0))
+def test_assign_fpn_levels_properties(side, aspect):
+    box = np.array([[3.0, 5.0, 3.0 + side * aspect ** 0.5, 5.0 + side / aspect ** 0.5]])
+    k = assign_fpn_levels(box, 2, 5)[0]
+    assert 2 <= k <= 5
+    unclamped = np.floor(4 + np.log2(side / 224) + 1e-6)
+    assert k == np.clip(unclamped, 2, 5)
+    double = box.copy()
+    double[:, 2:] = box[:, :2] + 2 * (box[:, 2:] - box[:, :2])    # twice the side: one level up
+    assert assign_fpn_levels(double, 2, 5)[0] == np.clip(unclamped + 1, 2, 5)
+
+
+def multilevel_setup(seed):
+    rng = np.random.default_rng(seed)
+    scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    features = [rng.standard_normal((2, 2, 32 // 2 ** i, 32 // 2 ** i)) / (i + 1) for i in range(4)]
+    side = np.array([3.0, 6.0, 12.0, 12.0, 24.0, 50.0, 100.0, 20.0])
+    xy = rng.uniform(0, 60, (len(side), 2))
+    rois = np.concatenate([rng.integers(0, 2, (len(side), 1)), xy, xy + side[:, None]], axis=1)
+    return features, rois, scales
+
+
+@pytest.mark.parametrize("kind", ["roi_align", "roi_align_unaligned", "roi_align_max", "roi_pool"])
+def test_multilevel_matches_per_level_and_gradient(kind):
+    features, rois, scales = multilevel_setup(4)
+    kw = dict(output_size=2, scales=scales, sampling_ratio=2, kind=kind, canonical_size=32,
+              canonical_level=4)
+    out, cache = multilevel_roi_forward(features, rois, **kw)
+    levels = assign_fpn_levels(rois[:, 1:], 2, 5, 32, 4)
+    assert set(levels) == {2, 3, 4, 5}                               # every level is used
+    for lvl, (x, s) in enumerate(zip(features, scales)):
+        idx = levels == lvl + 2
+        if kind == "roi_pool":
+            ref = roi_pool_ref(x, rois[idx], (2, 2), s)
+        else:
+            aligned = kind != "roi_align_unaligned"
+            ref = roi_align_ref(x, rois[idx], (2, 2), s, 2, aligned, "max" if "max" in kind else "avg")
+        np.testing.assert_allclose(out[idx], ref, rtol=1e-10, atol=1e-12)
+    dout = np.random.default_rng(5).standard_normal(out.shape)
+    dfeatures = multilevel_roi_backward(dout, cache)
+    for x, dx in zip(features, dfeatures):
+        num = numerical_gradient_array(lambda: multilevel_roi_forward(features, rois, **kw)[0], x, dout)
+        assert dx.shape == x.shape
+        assert rel_error(dx, num) < 1e-7
+
+
+def test_multilevel_level_without_rois_gets_zeros():
+    features, rois, scales = multilevel_setup(6)
+    small = rois[:2].copy()
+    small[:, 3:] = small[:, 1:3] + 4                                 # all on the finest level
+    out, cache = multilevel_roi_forward(features, small, 3, scales, canonical_size=32)
+    dfeatures = multilevel_roi_backward(np.ones_like(out), cache)
+    assert dfeatures[0].any() and not any(d.any() for d in dfeatures[1:])
+    assert [d.shape for d in dfeatures] == [f.shape for f in features]
+
+
+# ---------------------------------------------------------------------------------------------
+# validation and the no-JIT path
+
+
+def test_inputs_are_validated():
+    x = np.zeros((2, 1, 4, 4))
+    good = np.array([[1, 0, 0, 2, 2.0]])
+    with pytest.raises(ValueError, match="features"):
+        roi_align_forward(x[0], good, 2)
+    with pytest.raises(TypeError, match="features"):
+        roi_pool_forward(x.astype(np.int32), good, 2, 1.0)
+    with pytest.raises(ValueError, match="rois"):
+        roi_align_forward(x, good[:, 1:], 2)
+    with pytest.raises(ValueError, match="output_size"):
+        roi_pool_forward(x, good, 0, 1.0)
+    with pytest.raises(ValueError, match="batch"):
+        roi_align_forward(x, [[2, 0, 0, 2, 2]], 2)
+    with pytest.raises(ValueError, match="spatial_scale"):
+        roi_pool_forward(x, good, 2, -1.0)
+    with pytest.raises(ValueError, match="mode"):
+        roi_align_forward(x, good, 2, mode="mean")
+    with pytest.raises(ValueError, match="kind"):
+        multilevel_roi_forward([x], good, 2, [1.0], kind="align")
+    with pytest.raises(ValueError, match="scales"):
+        multilevel_roi_forward([x, x], good, 2, [1 / 4, 1 / 6])
+
+
+NO_JIT_SCRIPT = """
+import sys
+import numpy as np
+from npmaskrcnn.boxes import nms
+from npmaskrcnn.roi_ops import roi_align_backward, roi_align_forward, roi_pool_backward, roi_pool_forward
+d = np.load(sys.argv[1])
+x, rois, dout = d["x"], d["rois"], d["dout"]
+res = {}
+for name, fwd, bwd, kw in (("pool", roi_pool_forward, roi_pool_backward, {}),
+                           ("avg", roi_align_forward, roi_align_backward, dict(sampling_ratio=2)),
+                           ("max", roi_align_forward, roi_align_backward, dict(mode="max"))):
+    out, cache = fwd(x, rois, 3, 0.5, **kw)
+    res[name + "_out"], res[name + "_dx"] = out, bwd(dout, cache)
+res["nms"] = nms(d["boxes"], d["scores"], 0.5)
+np.savez(sys.argv[2], **res)
+"""
+
+
+def test_disable_jit_gives_the_same_results(tmp_path):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 2, 5, 6))
+    rois = make_rois(rng, 0.5, h=5, w=6, n_random=3)
+    dout = rng.standard_normal((len(rois), 2, 3, 3))
+    boxes = rng.uniform(0, 20, (30, 2))
+    boxes = np.concatenate([boxes, boxes + rng.uniform(1, 10, (30, 2))], axis=1)
+    scores = rng.uniform(0, 1, 30)
+    np.savez(tmp_path / "in.npz", x=x, rois=rois, dout=dout, boxes=boxes, scores=scores)
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1", PYTHONPATH=ROOT)
+    subprocess.run([sys.executable, "-c", NO_JIT_SCRIPT, str(tmp_path / "in.npz"),
+                    str(tmp_path / "out.npz")], check=True, env=env, cwd=ROOT)
+    res = np.load(tmp_path / "out.npz")
+    from npmaskrcnn.boxes import nms
+    np.testing.assert_array_equal(res["nms"], nms(boxes, scores, 0.5))
+    for name, fwd, bwd, kw in (("pool", roi_pool_forward, roi_pool_backward, {}),
+                               ("avg", roi_align_forward, roi_align_backward, dict(sampling_ratio=2)),
+                               ("max", roi_align_forward, roi_align_backward, dict(mode="max"))):
+        out, cache = fwd(x, rois, 3, 0.5, **kw)
+        np.testing.assert_allclose(res[name + "_out"], out, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(res[name + "_dx"], bwd(dout, cache), rtol=1e-12, atol=1e-14)
