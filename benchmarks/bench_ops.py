@@ -1,7 +1,7 @@
 """Time RoIAlign, RoIPool and NMS: python benchmarks/bench_ops.py
 
-Prints the median wall time in milliseconds of each op (after one warm-up call that also compiles
-the numba kernels). If torch and torchvision import, their CPU kernels run on the same inputs in the
+Prints the median (and the minimum, which is less sensitive to other processes on the machine)
+wall time in milliseconds of each op, after one warm-up call that also compiles the numba kernels. If torch and torchvision import, their CPU kernels run on the same inputs in the
 same process and the ratio torchvision / ours is printed (> 1 means we are faster).
 Reference figures for torchvision on the 2-core development machine: roi_align fwd+bwd 61 ms (7x7)
 and 243 ms (14x14), roi_pool 7x7 fwd+bwd 11 ms, nms of 2000 uniform boxes 14 ms.
@@ -16,25 +16,25 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from npmaskrcnn.boxes import nms  # noqa: E402
-from npmaskrcnn.roi_ops import (roi_align_backward, roi_align_forward, roi_pool_backward,  # noqa: E402
-                                roi_pool_forward)
+from npmaskrcnn.roi_ops import (roi_align_backward, roi_align_forward,  # noqa: E402
+                                roi_pool_backward, roi_pool_forward)
 
 try:
+    import torchvision.ops as tvops     # first: without torchvision, skip the slow torch import
     import torch
-    import torchvision.ops as tvops
 except ImportError:
     torch = tvops = None
 
 
-def timeit(fn, repeat=7):
-    """Median milliseconds of fn() over `repeat` runs, after one warm-up run."""
+def timeit(fn, repeat=9):
+    """(median, min) milliseconds of fn() over `repeat` runs, after one warm-up run."""
     fn()
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
+    return 1000 * float(np.median(times)), 1000 * float(np.min(times))
 
 
 def random_rois(rng, n, image=128, n_img=2, lo=8, hi=96):
@@ -55,14 +55,17 @@ def random_boxes(rng, n, clustered):
 
 
 def report(name, ours, theirs_fn):
-    line = f"{name:<40s} {ours:8.2f} ms"
+    line = f"{name:<40s} {ours[0]:8.2f} ms (min {ours[1]:7.2f})"
     if theirs_fn is not None and torch is not None:
         theirs = timeit(theirs_fn)
-        line += f"   torchvision {theirs:8.2f} ms   ratio {theirs / ours:5.2f}x"
+        line += (f"   torchvision {theirs[0]:8.2f} ms (min {theirs[1]:7.2f})"
+                 f"   ratio {theirs[0] / ours[0]:5.2f}x")
     print(line)
 
 
 def main():
+    import numba
+    print(f"numba threads: {numba.get_num_threads()}, load average: {os.getloadavg()[0]:.2f}")
     rng = np.random.default_rng(0)
     features = rng.standard_normal((2, 64, 32, 32)).astype(np.float32)
     rois = random_rois(rng, 512)

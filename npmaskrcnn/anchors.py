@@ -38,7 +38,7 @@ class AnchorGenerator:
             raise ValueError(f"sizes and strides need one entry per level, got {len(sizes)} sizes "
                              f"and {len(strides)} strides")
         if min(sizes, default=1) <= 0 or min(aspect_ratios, default=0) <= 0 or not aspect_ratios:
-            raise ValueError(f"sizes and aspect_ratios must be positive and aspect_ratios non-empty, "
+            raise ValueError(f"sizes and aspect_ratios must be positive, aspect_ratios non-empty; "
                              f"got sizes={sizes!r}, aspect_ratios={aspect_ratios!r}")
         self.sizes = tuple(float(s) for s in sizes)
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)

@@ -98,13 +98,19 @@ class FPN(Module):
     forward([c2..c5]) -> [p2, p3, p4, p5, p6]; backward([dp2..dp6]) -> [dc2..dc5].
     """
 
-    def __init__(self, in_channels, out_ch, rng):
+    def __init__(self, in_channels, out_ch, rng, norm_groups=0):
         super().__init__()
         self.inner, self.layer = [], []
+
+        def conv(c_in, k):
+            if not norm_groups:                                 # plain conv with bias (paper)
+                return Conv2d(c_in, out_ch, k, 1, k // 2, rng=rng, init="kaiming_uniform")
+            return Sequential(Conv2d(c_in, out_ch, k, 1, k // 2, bias=False, rng=rng, init="kaiming_uniform"),
+                              GroupNorm(min(norm_groups, out_ch), out_ch))
+
         for k, c in zip(range(2, 6), in_channels):
-            self.inner.append(self.add(f"inner{k}", Conv2d(c, out_ch, 1, rng=rng, init="kaiming_uniform")))
-            self.layer.append(self.add(f"layer{k}", Conv2d(out_ch, out_ch, 3, 1, 1, rng=rng,
-                                                          init="kaiming_uniform")))
+            self.inner.append(self.add(f"inner{k}", conv(c, 1)))
+            self.layer.append(self.add(f"layer{k}", conv(out_ch, 3)))
         self.add("p6_pool", MaxPool2d(1, 2, 0))                 # torchvision's LastLevelMaxPool
 
     def forward(self, feats):
@@ -145,7 +151,8 @@ class Backbone(Module):
     def __init__(self, cfg, rng):
         super().__init__()
         self.add("body", ResNet(cfg, rng))
-        self.add("fpn", FPN(cfg.stage_channels, cfg.fpn_channels, rng))
+        self.add("fpn", FPN(cfg.stage_channels, cfg.fpn_channels, rng,
+                            norm_groups=cfg.gn_groups if cfg.fpn_norm else 0))
 
     def forward(self, x):
         return self.fpn(self.body(x))

@@ -6,7 +6,7 @@ matched to ground-truth boxes by IoU, a fixed-size minibatch of positives and ne
 regression targets are encoded as (dx, dy, dw, dh) relative to the anchor or proposal, and
 predictions are decoded back and pruned by non-maximum suppression. Nothing here carries a
 gradient: boxes, matches and samples are constants of the loss, as in the paper and in torchvision,
-whose semantics every function reproduces (`torchvision.ops.boxes` and `models/detection/_utils.py`).
+whose semantics every function reproduces (`torchvision.ops.boxes`, `models/detection/_utils.py`).
 
 Shape shorthand:
     N, M    numbers of boxes (N proposals or anchors, M ground-truth boxes)
@@ -108,7 +108,7 @@ def remove_small_boxes(boxes, min_size):
 class BoxCoder:
     """Encode boxes as deltas relative to proposals and decode them back (torchvision `BoxCoder`).
 
-    dx = wx * (gx - px) / pw, dy = wy * (gy - py) / ph, dw = ww * log(gw / pw), dh = wh * log(gh / ph)
+    dx = wx (gx - px) / pw, dy = wy (gy - py) / ph, dw = ww log(gw / pw), dh = wh log(gh / ph)
     with (px, py, pw, ph) the proposal centre and size and (gx, gy, gw, gh) the reference box's
     (Faster R-CNN eq. 2). Decoding clamps dw, dh at `bbox_xform_clip` so exp() cannot overflow.
     """

@@ -27,6 +27,7 @@ class Config:
     stage_blocks: tuple = (1, 1, 1, 1)    # BasicBlocks per stage (ResNet-18: 2, 2, 2, 2)
     gn_groups: int = 8                    # GroupNorm groups (paper: 32); capped at the channel count
     fpn_channels: int = 64                # FPN width (paper: 256)
+    fpn_norm: bool = False                # GroupNorm after the FPN convs (torchvision's GN recipe)
 
     # ---- anchors (one size per level P2..P6) ----
     anchor_sizes: tuple = (8, 16, 32, 64, 128)  # paper: 32, 64, 128, 256, 512 for ~800 px images
@@ -56,7 +57,8 @@ class Config:
     canonical_size: float = 112.0         # FPN eq. 1: s0 (paper: 224, for ~800 px images)
     canonical_level: int = 4              # FPN eq. 1: k0 (paper: 4)
     box_pool_size: int = 7                # box head RoI size (paper: 7)
-    box_fc_dim: int = 256                 # the two FC layers of the box head (paper: 1024)
+    box_fc_dim: int = 256                 # the FC layer(s) of the box head (paper: 1024)
+    box_head_convs: int = 0               # 0: two FC layers (paper); n: n x (3x3 conv+GN+ReLU) + one FC
     mask_pool_size: int = 14              # mask head RoI size (paper: 14)
     mask_channels: int = 64               # mask head conv width (paper: 256)
     mask_num_convs: int = 4               # 3x3 convs in the mask head (paper: 4)

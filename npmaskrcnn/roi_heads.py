@@ -50,6 +50,23 @@ class BoxHead(Module):
         return self.fc6.backward(self.relu6.backward(self.fc7.backward(self.relu7.backward(dout))))
 
 
+class ConvFCBoxHead(Module):
+    """n x (3x3 conv + GN + ReLU), flatten, FC + ReLU (the GroupNorm paper's "4conv1fc" head).
+    (R, F, S, S) -> (R, D)."""
+
+    def __init__(self, in_ch, num_convs, pool_size, dim, groups, rng):
+        super().__init__()
+        self.add("convs", Sequential(*[conv_gn_relu(in_ch, in_ch, 3, 1, groups, rng) for _ in range(num_convs)]))
+        self.add("fc6", Linear(in_ch * pool_size ** 2, dim, rng=rng))
+        self.add("relu6", ReLU())
+
+    def forward(self, x):
+        return self.relu6(self.fc6(self.convs(x)))
+
+    def backward(self, dout):
+        return self.convs.backward(self.fc6.backward(self.relu6.backward(dout)))
+
+
 class BoxPredictor(Module):
     """Class logits (K+1) and class-specific box deltas (4(K+1)) from the box head's features."""
 
@@ -146,7 +163,11 @@ class RoIHeads(Module):
         super().__init__()
         self.cfg = cfg
         f, k = cfg.fpn_channels, cfg.num_classes
-        self.add("box_head", BoxHead(f * cfg.box_pool_size ** 2, cfg.box_fc_dim, rng))
+        if cfg.box_head_convs:
+            self.add("box_head", ConvFCBoxHead(f, cfg.box_head_convs, cfg.box_pool_size, cfg.box_fc_dim,
+                                               cfg.gn_groups, rng))
+        else:
+            self.add("box_head", BoxHead(f * cfg.box_pool_size ** 2, cfg.box_fc_dim, rng))
         self.add("box_predictor", BoxPredictor(cfg.box_fc_dim, k, rng))
         mask_out = 1 if cfg.class_agnostic_masks else k
         if cfg.mask_loss == "softmax":

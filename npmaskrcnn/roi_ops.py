@@ -13,8 +13,12 @@ RoIAlign avg is separable: a sample's bilinear weight is a y-weight times an x-w
 average over a grid of samples of such products is (average of the y-weights) times (average of
 the x-weights). So each output row ph reads a short window of feature rows with fixed weights
 `ay`, each output column a window of columns with weights `ax`, and
-    out[r, c, ph, pw] = sum_i sum_j ay[r, ph, i] * ax[r, pw, j] * x[b, c, y0[r, ph] + i, x0[r, pw] + j].
+    out[r, c, ph, pw] = sum_i sum_j ay[r, ph, i] ax[r, pw, j] x[b, c, y0[r, ph] + i, x0[r, pw] + j].
 The windows are computed once per call in NumPy; the kernels only multiply and add.
+
+The numba kernels read the features channels-last (N, H, W, C), so their innermost loop runs over
+contiguous channels (SIMD). Forward passes are parallel over RoIs; backward passes over channels,
+because RoIs overlap and two RoIs scatter-adding into the same cell from two threads would race.
 
 Shape shorthand:
     N images    C channels    H, W feature-map size    R RoIs    OH, OW output size
@@ -31,16 +35,37 @@ Naming:
     ys_idx, ys_w    (R, OH, G, 2) rows (low, high) and bilinear weights of every sample point
     y0, ny, ay  (R, OH), (R, OH), (R, OH, T): the row window of each output row (start, length,
                 weights); likewise x0, nx, ax along the columns
-    argmax      (R, C, OH, OW) int32: the winning cell (roi_pool) or sample (roi_align max), -1 if none
+    argmax      (R, C, OH, OW) int32: the winning cell (roi_pool) or sample (roi_align max);
+                -1 for a bin with nothing to pool
 """
 
-import math
+from contextlib import contextmanager
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 _FLT_MAX = float(np.finfo(np.float32).max)   # torchvision's initial max for a non-empty bin
 _CHANNEL_BLOCK = 32      # channels per thread in the RoIAlign backward: 8 float32 AVX2 vectors, x4
+_PARALLEL_MIN_WORK = 1 << 15   # output cells (R*C*OH*OW) below which one thread is faster
+
+
+@contextmanager
+def _threads_for(work):
+    """Run the kernels of this block on one thread when the work is small.
+
+    Waking the thread pool costs tens of microseconds on an idle machine and milliseconds on a
+    busy one, more than a few thousand output cells take to compute.
+    """
+    if work >= _PARALLEL_MIN_WORK:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 def _check_roi_inputs(features, rois, output_size, spatial_scale):
@@ -58,7 +83,8 @@ def _check_roi_inputs(features, rois, output_size, spatial_scale):
         raise ValueError(f"features must have H, W >= 1, got shape {features.shape}")
     rois = np.asarray(rois)
     if rois.ndim != 2 or rois.shape[1] != 5:
-        raise ValueError(f"rois must have shape (R, 5) [batch_index, x1, y1, x2, y2], got {rois.shape}")
+        raise ValueError(f"rois must have shape (R, 5) [batch_index, x1, y1, x2, y2], "
+                         f"got {rois.shape}")
     if isinstance(output_size, (int, np.integer)):
         output_size = (output_size, output_size)
     if (len(output_size) != 2 or not all(isinstance(s, (int, np.integer)) for s in output_size)
@@ -97,12 +123,13 @@ def roi_pool_forward(features, rois, output_size, spatial_scale):
     - cache: for roi_pool_backward
     """
     features, rois, batch, (oh, ow) = _check_roi_inputs(features, rois, output_size, spatial_scale)
-    n_img, _, h, w = features.shape
+    _, _, h, w = features.shape
     scale = features.dtype.type(spatial_scale)
     hstart, hend = _pool_bins(rois[:, 2] * scale, rois[:, 4] * scale, oh, h)     # (R, OH) each
     wstart, wend = _pool_bins(rois[:, 1] * scale, rois[:, 3] * scale, ow, w)     # (R, OW) each
     features_nhwc = np.ascontiguousarray(features.transpose(0, 2, 3, 1))
-    out, argmax = _roi_pool_forward_kernel(features_nhwc, batch, hstart, hend, wstart, wend)
+    with _threads_for(rois.shape[0] * features.shape[1] * oh * ow):
+        out, argmax = _roi_pool_forward_kernel(features_nhwc, batch, hstart, hend, wstart, wend)
     return out, (features.shape, features.dtype, batch, argmax)
 
 
@@ -186,7 +213,8 @@ def roi_pool_backward(dout, cache):
     """
     shape, dtype, batch, argmax = cache
     dout = np.ascontiguousarray(dout, dtype=dtype)
-    return _roi_pool_backward_kernel(dout, batch, argmax, shape[0], shape[2], shape[3])
+    with _threads_for(dout.size):
+        return _roi_pool_backward_kernel(dout, batch, argmax, shape[0], shape[2], shape[3])
 
 
 @njit(cache=True, parallel=True)
@@ -234,23 +262,26 @@ def roi_align_forward(features, rois, output_size, spatial_scale=1.0, sampling_r
     features, rois, batch, (oh, ow) = _check_roi_inputs(features, rois, output_size, spatial_scale)
     if mode not in ("avg", "max"):
         raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
-    n_img, _, h, w = features.shape
+    _, _, h, w = features.shape
     scale = features.dtype.type(spatial_scale)
     ys_idx, ys_w, grid_h = _bilinear_samples(rois[:, 2] * scale, rois[:, 4] * scale, oh, h,
                                              int(sampling_ratio), aligned)
     xs_idx, xs_w, grid_w = _bilinear_samples(rois[:, 1] * scale, rois[:, 3] * scale, ow, w,
                                              int(sampling_ratio), aligned)
     if mode == "max":
-        out, argmax = _roi_align_max_forward_kernel(features, batch, ys_idx, ys_w, grid_h,
-                                                    xs_idx, xs_w, grid_w)
-        return out, ("max", features.shape, features.dtype, batch, (ys_idx, ys_w, grid_h, xs_idx, xs_w, grid_w),
-                     argmax)
+        with _threads_for(rois.shape[0] * features.shape[1] * oh * ow):
+            out, argmax = _roi_align_max_forward_kernel(features, batch, ys_idx, ys_w, grid_h,
+                                                        xs_idx, xs_w, grid_w)
+        tables = (ys_idx, ys_w, grid_h, xs_idx, xs_w, grid_w)
+        return out, ("max", features.shape, features.dtype, batch, tables, argmax)
     # avg: 1/(G_h G_w) = (1/G_h)(1/G_w) goes into the per-axis weights
-    dtype = features.dtype
-    y0, ny, ay = _interpolation_windows(ys_idx, ys_w / np.maximum(grid_h, 1).astype(dtype)[:, None, None, None])
-    x0, nx, ax = _interpolation_windows(xs_idx, xs_w / np.maximum(grid_w, 1).astype(dtype)[:, None, None, None])
+    inv_gh = 1 / np.maximum(grid_h, 1).astype(features.dtype)[:, None, None, None]
+    inv_gw = 1 / np.maximum(grid_w, 1).astype(features.dtype)[:, None, None, None]
+    y0, ny, ay = _interpolation_windows(ys_idx, ys_w * inv_gh)
+    x0, nx, ax = _interpolation_windows(xs_idx, xs_w * inv_gw)
     features_nhwc = np.ascontiguousarray(features.transpose(0, 2, 3, 1))
-    out = _roi_align_avg_forward_kernel(features_nhwc, batch, y0, ny, ay, x0, nx, ax)
+    with _threads_for(rois.shape[0] * features.shape[1] * oh * ow):
+        out = _roi_align_avg_forward_kernel(features_nhwc, batch, y0, ny, ay, x0, nx, ax)
     return out, ("avg", features.shape, features.dtype, batch, (y0, ny, ay, x0, nx, ax), None)
 
 
@@ -324,9 +355,9 @@ def _interpolation_windows(idx, weight):
 
 @njit(cache=True, parallel=True)
 def _roi_align_avg_forward_kernel(features_nhwc, batch, y0, ny, ay, x0, nx, ax):
-    """out[r, :, ph, pw] = sum_ij ay[r, ph, i] ax[r, pw, j] x[b, y0 + i, x0 + j, :]; parallel over RoIs.
+    """out[r, :, ph, pw] = sum_ij ay[r, ph, i] ax[r, pw, j] x[b, y0 + i, x0 + j, :].
 
-    Channels-last input, so the innermost loop runs over contiguous channels (SIMD).
+    Parallel over RoIs; channels-last input, so the innermost loop runs over contiguous channels.
     """
     n_rois = batch.shape[0]
     n_ch = features_nhwc.shape[3]
@@ -351,7 +382,10 @@ def _roi_align_avg_forward_kernel(features_nhwc, batch, y0, ny, ay, x0, nx, ax):
 
 @njit(cache=True, parallel=True)
 def _roi_align_max_forward_kernel(features, batch, ys_idx, ys_w, grid_h, xs_idx, xs_w, grid_w):
-    """out[r, c, ph, pw] = the largest bilinear sample of the bin (first one on ties); parallel over RoIs."""
+    """out[r, c, ph, pw] = the bin's largest bilinear sample (the first on ties).
+
+    Parallel over RoIs; channels-first input, as this mode is not the hot path.
+    """
     n_rois = batch.shape[0]
     n_ch = features.shape[1]
     oh, ow = ys_idx.shape[1], xs_idx.shape[1]
@@ -394,10 +428,12 @@ def roi_align_backward(dout, cache):
     """
     mode, shape, dtype, batch, tables, argmax = cache
     dout = np.ascontiguousarray(dout, dtype=dtype)
-    if mode == "max":
-        return _roi_align_max_backward_kernel(dout, batch, *tables, argmax, shape[0], shape[2],
-                                              shape[3])
-    dfeatures_nhwc = _roi_align_avg_backward_kernel(dout, batch, *tables, shape[0], shape[2], shape[3])
+    with _threads_for(dout.size):
+        if mode == "max":
+            return _roi_align_max_backward_kernel(dout, batch, *tables, argmax, shape[0], shape[2],
+                                                  shape[3])
+        dfeatures_nhwc = _roi_align_avg_backward_kernel(dout, batch, *tables, shape[0], shape[2],
+                                                        shape[3])
     return np.ascontiguousarray(dfeatures_nhwc.transpose(0, 3, 1, 2))
 
 
@@ -449,7 +485,8 @@ def _roi_align_max_backward_kernel(dout, batch, ys_idx, ys_w, grid_h, xs_idx, xs
                     for a in range(2):
                         gy = ys_w[r, ph, iy, a] * dout[r, c, ph, pw]
                         for b in range(2):
-                            plane[ys_idx[r, ph, iy, a], xs_idx[r, pw, ix, b]] += gy * xs_w[r, pw, ix, b]
+                            y, x = ys_idx[r, ph, iy, a], xs_idx[r, pw, ix, b]
+                            plane[y, x] += gy * xs_w[r, pw, ix, b]
     return dfeatures
 
 
@@ -508,11 +545,13 @@ def multilevel_roi_forward(features_per_level, rois, output_size, scales, sampli
                          f"{len(features_per_level)} levels")
     ks = -np.log2(np.asarray(scales, dtype=np.float64))
     if np.any(np.abs(ks - np.round(ks)) > 1e-6) or np.any(np.diff(np.round(ks)) != 1):
-        raise ValueError(f"scales must be consecutive powers of 1/2, finest first, got {list(scales)}")
+        raise ValueError(f"scales must be consecutive powers of 1/2, finest first, "
+                         f"got {list(scales)}")
     k_min, k_max = int(round(ks[0])), int(round(ks[-1]))
     rois = np.asarray(rois)
     if rois.ndim != 2 or rois.shape[1] != 5:
-        raise ValueError(f"rois must have shape (R, 5) [batch_index, x1, y1, x2, y2], got {rois.shape}")
+        raise ValueError(f"rois must have shape (R, 5) [batch_index, x1, y1, x2, y2], "
+                         f"got {rois.shape}")
     levels = assign_fpn_levels(rois[:, 1:], k_min, k_max, canonical_size, canonical_level)
     out, level_caches = None, []
     for lvl, (features, scale) in enumerate(zip(features_per_level, scales)):

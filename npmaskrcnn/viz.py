@@ -263,3 +263,40 @@ def show_feature_maps(maps, titles=None, ncols=8, cmap="viridis", symmetric=Fals
         fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def draw_loss_curves(rows, title="training losses", window=None):
+    """The losses of a training log, one panel each, plus the learning rate and gradient norm.
+
+    Inputs:
+    - rows: list of dicts (the rows of `train`'s log.csv, as `train.read_log` returns them or as
+      `train.train` returns them) with "step", "loss", the five loss_* keys, "lr", "grad_norm"
+    - title: figure title
+    - window: moving-average width drawn over the raw values; default len(rows) // 20 (none if < 3)
+    Returns:
+    - fig: the matplotlib Figure (save it with save_figure)
+    """
+    keys = ["loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg",
+            "loss_mask"]
+    steps = np.array([r["step"] for r in rows], dtype=np.float64)
+    window = max(len(rows) // 20, 1) if window is None else int(window)
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6.6))
+    panels = [(k, k) for k in keys] + [("lr", "learning rate"), ("grad_norm", "gradient norm")]
+    for ax, (key, name) in zip(axes.flat, panels):
+        v = np.array([r.get(key, np.nan) for r in rows], dtype=np.float64)
+        smooth = window >= 3 and len(v) > window
+        ax.plot(steps, v, color="lightgrey" if smooth else "tab:blue", lw=1, label="per step")
+        if smooth:
+            avg = np.convolve(v, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1:], avg, color="tab:blue", lw=2, label=f"mean of {window}")
+            ax.legend(fontsize=7)
+        finite = v[np.isfinite(v)]
+        if key != "lr" and finite.size and finite.min() > 0 and finite.max() > 10 * finite.min():
+            ax.set_yscale("log")                           # losses spanning a decade or more
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel(name if key in ("lr", "grad_norm") else "loss")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return fig

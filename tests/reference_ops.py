@@ -1,8 +1,7 @@
 """Slow, obviously-correct references for the box and RoI ops, written from the definitions.
 
 Plain loops over RoIs, bins and sample points, following torchvision's CPU kernels line by line
-(`roi_pool_kernel.cpp`, `roi_align_kernel.cpp`, `nms_kernel.cpp`); only the channel axis is a
-NumPy vector, to keep the tests quick. float64 throughout.
+(`roi_pool_kernel.cpp`, `roi_align_kernel.cpp`, `nms_kernel.cpp`), on Python floats. float64.
 """
 
 import math
@@ -62,11 +61,10 @@ def roi_pool_ref(features, rois, output_size, spatial_scale):
     return out
 
 
-def bilinear_ref(fmap, y, x):
-    """torchvision's bilinear_interpolate on a (C, H, W) map at one point."""
-    height, width = fmap.shape[1:]
+def bilinear_ref(plane, height, width, y, x):
+    """torchvision's bilinear_interpolate on one channel (a list of rows) at one point."""
     if y < -1.0 or y > height or x < -1.0 or x > width:
-        return np.zeros(fmap.shape[0])
+        return 0.0
     y, x = max(y, 0.0), max(x, 0.0)
     y_low, x_low = int(y), int(x)
     if y_low >= height - 1:
@@ -81,13 +79,14 @@ def bilinear_ref(fmap, y, x):
         x_high = x_low + 1
     ly, lx = y - y_low, x - x_low
     hy, hx = 1 - ly, 1 - lx
-    return (hy * hx * fmap[:, y_low, x_low] + hy * lx * fmap[:, y_low, x_high]
-            + ly * hx * fmap[:, y_high, x_low] + ly * lx * fmap[:, y_high, x_high])
+    return (hy * hx * plane[y_low][x_low] + hy * lx * plane[y_low][x_high]
+            + ly * hx * plane[y_high][x_low] + ly * lx * plane[y_high][x_high])
 
 
 def roi_align_ref(features, rois, output_size, spatial_scale, sampling_ratio, aligned, mode="avg"):
     """RoIAlign: average (or max) of bilinear samples on a regular grid in every bin."""
     n, c, height, width = features.shape
+    planes = features.tolist()                 # Python floats: much faster than tiny arrays
     oh, ow = output_size
     out = np.zeros((len(rois), c, oh, ow))
     offset = 0.5 if aligned else 0.0
@@ -99,16 +98,16 @@ def roi_align_ref(features, rois, output_size, spatial_scale, sampling_ratio, al
         bh, bw = rh / oh, rw / ow
         gh = sampling_ratio if sampling_ratio > 0 else math.ceil(rh / oh)
         gw = sampling_ratio if sampling_ratio > 0 else math.ceil(rw / ow)
-        for ph in range(oh):
-            for pw in range(ow):
-                samples = [bilinear_ref(features[int(b)],
-                                        sh + ph * bh + (iy + 0.5) * bh / gh,
-                                        sw + pw * bw + (ix + 0.5) * bw / gw)
-                           for iy in range(gh) for ix in range(gw)]
-                if not samples:
-                    continue
-                if mode == "avg":
-                    out[r, :, ph, pw] = np.sum(samples, axis=0) / (gh * gw)
-                else:
-                    out[r, :, ph, pw] = np.max(samples, axis=0)
+        for ch in range(c):
+            plane = planes[int(b)][ch]
+            for ph in range(oh):
+                for pw in range(ow):
+                    samples = [bilinear_ref(plane, height, width,
+                                            sh + ph * bh + (iy + 0.5) * bh / gh,
+                                            sw + pw * bw + (ix + 0.5) * bw / gw)
+                               for iy in range(gh) for ix in range(gw)]
+                    if not samples:
+                        continue
+                    out[r, ch, ph, pw] = (sum(samples) / (gh * gw) if mode == "avg"
+                                          else max(samples))
     return out

@@ -33,9 +33,12 @@ def test_grid_anchors_centred_and_sized(sizes, ratios, h, w):
         ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
         np.testing.assert_allclose(cx, ((xs + 0.5) * s)[..., None] + 0 * cx, rtol=1e-6, atol=1e-3)
         np.testing.assert_allclose(cy, ((ys + 0.5) * s)[..., None] + 0 * cy, rtol=1e-6, atol=1e-3)
+        # area size**2 and h / w = ratio: w = size / sqrt(ratio), h = size * sqrt(ratio)
+        # (atol: float32 coordinates of a few hundred pixels are exact to ~3e-5)
         bw, bh = a[..., 2] - a[..., 0], a[..., 3] - a[..., 1]
-        np.testing.assert_allclose(bw * bh, size ** 2 + 0 * bw, rtol=1e-5)     # area = size**2
-        np.testing.assert_allclose(bh / bw, np.broadcast_to(ratios, bw.shape), rtol=1e-5)
+        r = np.broadcast_to(ratios, bw.shape)
+        np.testing.assert_allclose(bw, size / np.sqrt(r), rtol=1e-6, atol=2e-4)
+        np.testing.assert_allclose(bh, size * np.sqrt(r), rtol=1e-6, atol=2e-4)
 
 
 def test_grid_anchors_order_matches_rpn_head_layout():

@@ -46,7 +46,8 @@ def total_loss(model, images, targets, seed=0):
     return sum(losses.values()), losses
 
 
-@pytest.mark.parametrize("overrides", [{}, {"pooler": "roi_pool"}, {"mask_loss": "softmax"},
+@pytest.mark.parametrize("overrides", [{}, {"pooler": "roi_pool"},
+                                       {"mask_loss": "softmax", "fpn_norm": True, "box_head_convs": 1},
                                        {"class_agnostic_masks": True, "pooler": "roi_align_max"}])
 def test_whole_model_gradient_check(overrides):
     rng = np.random.default_rng(0)
@@ -62,10 +63,12 @@ def test_whole_model_gradient_check(overrides):
     assert losses["loss_mask"] > 0 and losses["loss_box_reg"] > 0 and losses["loss_rpn_box_reg"] > 0
     model.backward()
     grads = dict(model.named_grads())
-    h = 1e-5
+    h = 1e-5      # small: max-pool, RoIPool and max-RoIAlign are piecewise linear (kinks)
     for name, p in model.named_params():
         g = grads[name]
-        idx = [tuple(int(rng.integers(s)) for s in p.shape) for _ in range(3)]
+        # random entries where the gradient is not negligible, and the largest one
+        big = np.flatnonzero(np.abs(g) >= 0.1 * np.abs(g).max())
+        idx = [np.unravel_index(int(j), p.shape) for j in rng.choice(big, min(3, big.size), replace=False)]
         idx.append(np.unravel_index(int(np.argmax(np.abs(g))), p.shape))
         num, ana = [], []
         for i in idx:
@@ -79,7 +82,9 @@ def test_whole_model_gradient_check(overrides):
             num.append((lp - lm) / (2 * h))
             ana.append(g[i])
         num, ana = np.array(num), np.array(ana)
-        err = np.max(np.abs(num - ana)) / max(np.max(np.abs(num) + np.abs(ana)), 1e-12)
+        # relative error; the loss is O(1), so central differences carry ~1e-16 / h = 1e-11 of
+        # roundoff: arrays whose gradient is below 1e-4 are held to 1e-10 absolute instead
+        err = np.max(np.abs(num - ana)) / max(np.max(np.abs(num) + np.abs(ana)), 1e-4)
         assert err < 1e-6, f"{name}: analytic {ana} numerical {num} rel error {err:.2e}"
     if not overrides:
         zero = [n for n, g in grads.items() if not np.any(g)]

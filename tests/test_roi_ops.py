@@ -18,7 +18,7 @@ from reference_ops import roi_align_ref, roi_pool_ref
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def make_rois(rng, scale, n_img=2, h=7, w=9, n_random=5):
+def make_rois(rng, scale, n_img=2, h=7, w=9, n_random=4):
     """Hand-made edge cases plus random boxes, in image pixels for a map of h x w cells."""
     hand = np.array([
         [1, 0, 0, w, h],                       # the whole map
@@ -80,13 +80,17 @@ def test_non_square_output_and_float32():
                                    rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(roi_pool_forward(x, rois, (3, 5), 0.5)[0],
                                   roi_pool_ref(x, rois, (3, 5), 0.5))
+    # float32 in, float32 out (the training path; each dtype is one more compile, so only
+    # RoIAlign's backward is checked in float32)
     x32 = x.astype(np.float32)
-    for fwd, bwd, kwargs in ((roi_align_forward, roi_align_backward, dict(sampling_ratio=2)),
-                             (roi_pool_forward, roi_pool_backward, {})):
-        out32, cache = fwd(x32, rois, 4, 0.5, **kwargs)
-        assert out32.dtype == np.float32
-        assert bwd(np.ones_like(out32), cache).dtype == np.float32
-        np.testing.assert_allclose(out32, fwd(x, rois, 4, 0.5, **kwargs)[0], rtol=1e-4, atol=1e-5)
+    out32, cache = roi_align_forward(x32, rois, 4, 0.5, 2, True)
+    assert out32.dtype == np.float32
+    assert roi_align_backward(np.ones_like(out32), cache).dtype == np.float32
+    np.testing.assert_allclose(out32, roi_align_forward(x, rois, 4, 0.5, 2, True)[0], rtol=1e-4,
+                               atol=1e-5)
+    pool32 = roi_pool_forward(x32, rois, 4, 0.5)[0]
+    assert pool32.dtype == np.float32
+    np.testing.assert_array_equal(pool32, roi_pool_forward(x32.astype(np.float64), rois, 4, 0.5)[0])
 
 
 def test_no_rois():
@@ -102,6 +106,32 @@ def test_no_rois():
     out, cache = multilevel_roi_forward([x, x[:, :, :3, :3]], rois, 7, [1 / 4, 1 / 8])
     assert out.shape == (0, 3, 7, 7)
     assert [d.shape for d in multilevel_roi_backward(out, cache)] == [x.shape, (2, 3, 3, 3)]
+
+
+def test_parallel_kernels_match_one_thread():
+    """Enough work for the thread pool; RoIs overlap, so a racy backward would differ."""
+    import numba
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 16, 12, 12))
+    xy = rng.uniform(0, 30, (64, 2))
+    rois = np.concatenate([rng.integers(0, 2, (64, 1)), xy, xy + rng.uniform(4, 20, (64, 2))], 1)
+    dout = rng.standard_normal((64, 16, 7, 7))
+    runs = []
+    for threads in (numba.config.NUMBA_NUM_THREADS, 1):
+        previous = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            res = []
+            for fwd, bwd, kw in ((roi_pool_forward, roi_pool_backward, {}),
+                                 (roi_align_forward, roi_align_backward, dict(aligned=True)),
+                                 (roi_align_forward, roi_align_backward, dict(mode="max"))):
+                out, cache = fwd(x, rois, 7, 0.25, **kw)
+                res += [out, bwd(dout, cache)]
+            runs.append(res)
+        finally:
+            numba.set_num_threads(previous)
+    for a, b in zip(*runs):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,9 +231,9 @@ def test_assign_fpn_levels_properties(side, aspect):
 def multilevel_setup(seed):
     rng = np.random.default_rng(seed)
     scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
-    features = [rng.standard_normal((2, 2, 32 // 2 ** i, 32 // 2 ** i)) / (i + 1) for i in range(4)]
+    features = [rng.standard_normal((2, 2, 8 // 2 ** i, 8 // 2 ** i)) / (i + 1) for i in range(4)]
     side = np.array([3.0, 6.0, 12.0, 12.0, 24.0, 50.0, 100.0, 20.0])
-    xy = rng.uniform(0, 60, (len(side), 2))
+    xy = rng.uniform(-10, 30, (len(side), 2))                      # a 32 x 32 image
     rois = np.concatenate([rng.integers(0, 2, (len(side), 1)), xy, xy + side[:, None]], axis=1)
     return features, rois, scales
 
@@ -308,3 +338,28 @@ def test_disable_jit_gives_the_same_results(tmp_path):
         out, cache = fwd(x, rois, 3, 0.5, **kw)
         np.testing.assert_allclose(res[name + "_out"], out, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(res[name + "_dx"], bwd(dout, cache), rtol=1e-12, atol=1e-14)
+
+
+def test_matches_torchvision_if_installed():
+    """Optional cross-check against torchvision's own kernels (skipped when it is not installed)."""
+    tvops = pytest.importorskip("torchvision.ops")     # first: it fails fast, torch imports slowly
+    import torch
+    from npmaskrcnn.boxes import nms
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 7, 9))
+    for scale in (1.0, 1 / 4):
+        rois = make_rois(rng, scale)
+        tx, tr = torch.from_numpy(x), torch.from_numpy(rois)
+        for output_size in (1, 3, 7):
+            np.testing.assert_array_equal(roi_pool_forward(x, rois, output_size, scale)[0],
+                                          tvops.roi_pool(tx, tr, output_size, scale).numpy())
+            for aligned in (False, True):
+                for sampling_ratio in (-1, 2):
+                    ours = roi_align_forward(x, rois, output_size, scale, sampling_ratio, aligned)[0]
+                    theirs = tvops.roi_align(tx, tr, output_size, scale, sampling_ratio, aligned)
+                    np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-10, atol=1e-12)
+    boxes = rng.uniform(0, 20, (200, 2))
+    boxes = np.concatenate([boxes, boxes + rng.uniform(1, 10, (200, 2))], axis=1)
+    scores = rng.integers(0, 20, 200) / 20.0                         # many ties
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5),
+                                  tvops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.5).numpy())

@@ -1,0 +1,270 @@
+"""Time one training iteration of the shapes preset, stage by stage, plus inference, memory, startup.
+
+One iteration is `npmaskrcnn.train.train_step` (forward, backward, gradient clipping, AdamW step)
+on a batch of `Config().batch_size` images of `ShapesDataset(..., seed=0)`. The stage breakdown
+wraps the modules' forward/backward methods (and the loss / target / proposal functions) with
+timers for the duration of the benchmark; the package is not modified. Times are *exclusive*: a
+stage's time does not include the stages it calls (the RPN's forward calls its head, its
+targets and its proposals, each counted on its own row). "other" is the rest of the iteration
+(preprocessing, target checks, flattening and concatenation glue).
+
+Also: `model.predict` on one image, the peak memory (ru_maxrss of the process, and the
+tracemalloc peak of one iteration, which counts NumPy's buffers), and the startup cost measured
+in a fresh subprocess: `import npmaskrcnn.train`, building the model, the first training step
+(warm numba cache; `--cold` also measures it with NUMBA_CACHE_DIR pointing at an empty directory,
+i.e. every kernel compiled from scratch).
+
+Run: nice -n 19 python benchmarks/bench_train.py [--iters 10] [--warmup 2] [--cold] [--no-startup]
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections import defaultdict
+
+import numpy as np
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+from npmaskrcnn import roi_heads as roi_heads_mod  # noqa: E402
+from npmaskrcnn import rpn as rpn_mod  # noqa: E402
+from npmaskrcnn import train as train_mod  # noqa: E402
+from npmaskrcnn.config import Config  # noqa: E402
+from npmaskrcnn.model import MaskRCNN  # noqa: E402
+from npmaskrcnn.shapes import ShapesDataset  # noqa: E402
+
+# Rows of the table, in the order a training iteration meets them.
+STAGES = [
+    "backbone fwd", "fpn fwd", "rpn head fwd", "rpn targets", "rpn proposals",
+    "roi sampling", "box pool fwd", "box head fwd", "mask pool fwd", "mask head fwd",
+    "mask targets", "losses",
+    "mask head bwd", "mask pool bwd", "box head bwd", "box pool bwd", "rpn head bwd",
+    "fpn bwd", "backbone bwd", "grad clip", "optimizer step",
+]
+
+
+class StageTimer:
+    """Exclusive wall time per stage: a call's time minus the time of the timed calls inside it."""
+
+    def __init__(self):
+        self.times = defaultdict(float)
+        self._stack = []
+        self.enabled = True
+
+    def wrap(self, fn, stage):
+        def timed(*args, **kwargs):
+            if not self.enabled:
+                return fn(*args, **kwargs)
+            self._stack.append(0.0)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                dt = time.perf_counter() - t0
+                inner = self._stack.pop()
+                self.times[stage] += dt - inner
+                if self._stack:
+                    self._stack[-1] += dt
+        return timed
+
+    def reset(self):
+        self.times = defaultdict(float)
+
+
+def pool_stage(size_to_name, fn, timer, direction):
+    """RoIHeads.pool / unpool serve both branches; tell them apart by the pooled size."""
+    def pool(features, rois, size):
+        return timer.wrap(fn, f"{size_to_name[size]} pool {direction}")(features, rois, size)
+
+    def unpool(dout, cache, dfeatures):
+        return timer.wrap(fn, f"{size_to_name[dout.shape[-1]]} pool {direction}")(dout, cache, dfeatures)
+    return pool if direction == "fwd" else unpool
+
+
+def instrument(model, opt, timer):
+    """Wrap the model's stages (instance attributes shadow the class methods) and the loss functions."""
+    cfg = model.config
+    body, fpn, rpn, rh = model.backbone.body, model.backbone.fpn, model.rpn, model.roi_heads
+    for mod, name in [(body, "backbone"), (fpn, "fpn"), (rpn.head, "rpn head"),
+                      (rh.box_head, "box head"), (rh.box_predictor, "box head"),
+                      (rh.mask_head, "mask head")]:
+        mod.forward = timer.wrap(mod.forward, f"{name} fwd")
+        mod.backward = timer.wrap(mod.backward, f"{name} bwd")
+    rpn.assign_targets = timer.wrap(rpn.assign_targets, "rpn targets")
+    rpn.sampler = timer.wrap(rpn.sampler, "rpn targets")
+    rpn.propose = timer.wrap(rpn.propose, "rpn proposals")
+    rh.sample_proposals = timer.wrap(rh.sample_proposals, "roi sampling")
+    rh.select_mask_rois = timer.wrap(rh.select_mask_rois, "roi sampling")
+    rh.mask_targets = timer.wrap(rh.mask_targets, "mask targets")
+    sizes = {cfg.box_pool_size: "box", cfg.mask_pool_size: "mask"}
+    if len(sizes) < 2:
+        sizes = {cfg.box_pool_size: "box+mask"}
+    rh.pool = pool_stage(sizes, rh.pool, timer, "fwd")
+    rh.unpool = pool_stage(sizes, rh.unpool, timer, "bwd")
+    for mod in (rpn_mod, roi_heads_mod):
+        for fname in ("sigmoid_binary_cross_entropy", "smooth_l1", "softmax_cross_entropy"):
+            if hasattr(mod, fname):
+                setattr(mod, fname, timer.wrap(getattr(mod, fname), "losses"))
+    rh.mask_loss = timer.wrap(rh.mask_loss, "losses")
+    train_mod.clip_grad_norm = timer.wrap(train_mod.clip_grad_norm, "grad clip")
+    opt.step = timer.wrap(opt.step, "optimizer step")
+
+
+def make_batch(cfg, seed=0):
+    """The batch train() would draw at step 0 (same dataset parameters as `train`)."""
+    s = cfg.image_size
+    ds = ShapesDataset(1000, seed=seed, image_size=s, min_size=max(8, s // 8), max_size=s // 2)
+    return ds, train_mod.get_batch(ds, 0, cfg)
+
+
+def bench_training(cfg, iters, warmup):
+    ds, (images, targets) = make_batch(cfg)
+    model = MaskRCNN(cfg, ds.class_names)
+    model.train()
+    opt = train_mod.make_optimizer(model, cfg)
+    timer = StageTimer()
+    instrument(model, opt, timer)
+    step = 0
+    for _ in range(warmup):
+        train_mod.train_step(model, opt, images, targets, step, cfg)
+        step += 1
+    per_iter, totals = [], []
+    for _ in range(iters):
+        timer.reset()
+        t0 = time.perf_counter()
+        train_mod.train_step(model, opt, images, targets, step, cfg)
+        total = time.perf_counter() - t0
+        step += 1
+        row = dict(timer.times)
+        row["other"] = total - sum(row.values())
+        per_iter.append(row)
+        totals.append(total)
+    # one more iteration under tracemalloc for the NumPy peak (slower; not timed)
+    tracemalloc.start()
+    train_mod.train_step(model, opt, images, targets, step, cfg)
+    _, np_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return model, ds, per_iter, totals, np_peak
+
+
+def bench_predict(model, ds, iters, warmup):
+    ims = [ds[100 + i][0] for i in range(warmup + iters)]
+    for im in ims[:warmup]:
+        model.predict(im)
+    times = []
+    for im in ims[warmup:]:
+        t0 = time.perf_counter()
+        model.predict(im)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+STARTUP_SCRIPT = r"""
+import json, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {root!r})
+import npmaskrcnn.train as T
+from npmaskrcnn.config import Config
+from npmaskrcnn.model import MaskRCNN
+from npmaskrcnn.shapes import ShapesDataset
+t1 = time.perf_counter()
+cfg = Config()
+s = cfg.image_size
+ds = ShapesDataset(100, seed=0, image_size=s, min_size=max(8, s // 8), max_size=s // 2)
+model = MaskRCNN(cfg, ds.class_names)
+opt = T.make_optimizer(model, cfg)
+t2 = time.perf_counter()
+images, targets = T.get_batch(ds, 0, cfg)
+T.train_step(model, opt, images, targets, 0, cfg)
+t3 = time.perf_counter()
+T.train_step(model, opt, images, targets, 1, cfg)
+t4 = time.perf_counter()
+model.predict(images[0])
+t5 = time.perf_counter()
+print(json.dumps(dict(import_s=t1 - t0, build_s=t2 - t1, first_step_s=t3 - t2, second_step_s=t4 - t3,
+                      first_predict_s=t5 - t4)))
+"""
+
+
+def bench_startup(cold):
+    env = dict(os.environ)
+    tmp = None
+    if cold:
+        tmp = tempfile.TemporaryDirectory(prefix="numba_cold_")
+        env["NUMBA_CACHE_DIR"] = tmp.name
+    try:
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", STARTUP_SCRIPT.format(root=os.path.abspath(ROOT))],
+                             env=env, capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - t0
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["process_wall_s"] = wall
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iters", type=int, default=10, help="timed iterations (median reported)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--cold", action="store_true", help="also measure startup with an empty numba cache")
+    ap.add_argument("--no-startup", action="store_true", help="skip the subprocess startup measurement")
+    ap.add_argument("--json", help="write the results to this JSON file")
+    args = ap.parse_args()
+
+    import numba
+    cfg = Config()
+    print(f"config: shapes preset, {cfg.image_size}x{cfg.image_size}, batch {cfg.batch_size}; "
+          f"numba threads {numba.get_num_threads()}, cpus {os.cpu_count()}, "
+          f"load avg {os.getloadavg()[0]:.2f}")
+    model, ds, per_iter, totals, np_peak = bench_training(cfg, args.iters, args.warmup)
+    total = float(np.median(totals))
+    stages = STAGES + sorted(k for r in per_iter for k in r if k not in STAGES and k != "other") + ["other"]
+    med = {s: 1e3 * float(np.median([r.get(s, 0.0) for r in per_iter])) for s in stages}
+    print(f"\ntraining iteration (median of {args.iters}, {args.warmup} warm-up), exclusive times")
+    print(f"{'stage':<18}{'ms':>9}{'%':>7}")
+    for s in stages:
+        print(f"{s:<18}{med[s]:9.2f}{100 * med[s] / (1e3 * total):7.1f}")
+    print(f"{'TOTAL':<18}{1e3 * total:9.2f}{'':>7}   (min {1e3 * min(totals):.1f}, max {1e3 * max(totals):.1f}; "
+          f"{cfg.batch_size / total:.2f} images/s)")
+    groups = {"forward": [s for s in stages if s.endswith("fwd")],
+              "targets/proposals/sampling/losses": ["rpn targets", "rpn proposals", "roi sampling",
+                                                    "mask targets", "losses"],
+              "backward": [s for s in stages if s.endswith("bwd")],
+              "grad clip + optimizer": ["grad clip", "optimizer step"], "other": ["other"]}
+    print("\ngroups: " + ", ".join(f"{g} {sum(med[s] for s in ss):.1f} ms" for g, ss in groups.items()))
+
+    ptimes = bench_predict(model, ds, args.iters, args.warmup)
+    print(f"\ninference: model.predict(one image) median {1e3 * np.median(ptimes):.2f} ms "
+          f"(min {1e3 * min(ptimes):.1f}, max {1e3 * max(ptimes):.1f})")
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"memory: peak RSS {rss_kib / 1024:.0f} MiB (process, incl. numba/LLVM); "
+          f"tracemalloc peak of one training iteration {np_peak / 2**20:.1f} MiB")
+
+    results = {"stages_ms": med, "total_ms": 1e3 * total, "predict_ms": 1e3 * float(np.median(ptimes)),
+               "peak_rss_mib": rss_kib / 1024, "tracemalloc_peak_mib": np_peak / 2**20}
+    if not args.no_startup:
+        modes = [("warm numba cache", False)] + ([("cold (empty NUMBA_CACHE_DIR)", True)] if args.cold else [])
+        print("\nstartup in a fresh process (s)")
+        print(f"{'':<30}{'import':>8}{'build':>8}{'step 1':>8}{'step 2':>8}{'predict':>8}{'process':>9}")
+        for name, cold in modes:
+            r = bench_startup(cold)
+            results["startup_cold" if cold else "startup_warm"] = r
+            print(f"{name:<30}{r['import_s']:8.2f}{r['build_s']:8.2f}{r['first_step_s']:8.2f}"
+                  f"{r['second_step_s']:8.2f}{r['first_predict_s']:8.2f}{r['process_wall_s']:9.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

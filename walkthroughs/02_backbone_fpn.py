@@ -1,0 +1,141 @@
+# %% [markdown]
+# # 02 — The backbone: ResNet stages C2..C5 and the FPN levels P2..P6
+#
+# One 128×128 shapes image goes through the trained model's backbone. The ResNet halves the
+# resolution stage after stage while it widens the channels; the Feature Pyramid Network then
+# gives every level the same width and mixes the coarse, semantic levels back into the fine ones.
+# What you will see:
+#
+# 1. the shapes and strides of C2..C5 and P2..P6 — `model.preprocess`, `model.backbone.body`
+#    (the ResNet) and `model.backbone.fpn` (the FPN);
+# 2. every level drawn: its channel mean and its 4 most varied channels — `viz.show_feature_maps`;
+# 3. what the top-down path adds: P_k's input is `inner_k(C_k)` (lateral, 1×1 conv) plus the
+#    upsampled level above (top-down); both parts drawn side by side, with their share.
+#
+# The model is `data/shapes_maskrcnn.npz` (override with the environment variable
+# `NPMASKRCNN_MODEL`); without it an untrained model is used and the pictures say so.
+
+# %%
+import os
+import sys
+
+import numpy as np
+
+try:
+    import npmaskrcnn  # noqa: F401
+except ImportError:  # a checkout without `pip install -e .`: use the repo this file lives in
+    _here = os.path.abspath(globals().get("__file__", os.path.join(os.getcwd(), "_")))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
+
+from npmaskrcnn import layers, viz
+from npmaskrcnn.checkpoint import load_model
+from npmaskrcnn.config import Config
+from npmaskrcnn.model import MaskRCNN
+from npmaskrcnn.shapes import ShapesDataset
+from npmaskrcnn.viz import log, save_figure
+
+import matplotlib.pyplot as plt  # noqa: E402  (viz has selected the Agg backend)
+
+args = viz.parse_walkthrough_args()
+print("figures go to", args.out, "(fast mode)" if args.fast else "")
+
+MODEL_PATH = os.environ.get("NPMASKRCNN_MODEL") or os.path.join(viz.REPO_ROOT, "data", "shapes_maskrcnn.npz")
+if os.path.exists(MODEL_PATH):
+    model, trained = load_model(MODEL_PATH), "trained"
+else:
+    print(f"no model at {MODEL_PATH}: using an untrained MaskRCNN(Config())")
+    model, trained = MaskRCNN(Config()), "untrained"
+model.eval()
+print(f"{trained} model, config: image_size {model.config.image_size}, stage_channels "
+      f"{model.config.stage_channels}, fpn_channels {model.config.fpn_channels}")
+
+# %% [markdown]
+# ## 1. Through the ResNet and the FPN
+#
+# `preprocess` subtracts the mean and divides by the std (and pads to a multiple of 32). The
+# stem (7×7 stride-2 conv, 3×3 stride-2 max-pool) brings the image to stride 4; stages 2..5 give
+# C2..C5 at strides 4, 8, 16, 32. The FPN turns them into P2..P5 of `fpn_channels` each, and P6
+# is P5 subsampled by 2 (the RPN alone uses it, for the largest anchors).
+
+# %%
+ds = ShapesDataset(50, seed=10_000, image_size=model.config.image_size)
+index = next(i for i in range(len(ds)) if len(ds[i][1]["labels"]) >= 3)
+image, target = ds[index]
+x, image_size = model.preprocess([image])
+log("image", image)
+log("x (normalised)", x)
+cs = model.backbone.body(x)                                 # [c2, c3, c4, c5]
+ps = model.backbone.fpn(cs)                                 # [p2, p3, p4, p5, p6]
+names = [f"C{k}" for k in range(2, 6)] + [f"P{k}" for k in range(2, 7)]
+maps = cs + ps
+for name, m in zip(names, maps):
+    log(f"{name} (stride {x.shape[-1] // m.shape[-1]})", m)
+
+# %% [markdown]
+# ## 2. Every level, drawn
+#
+# Each row is one level: first the mean over channels, then the 4 channels with the largest
+# spatial variance (the ones that "see" something in this image). Colour scales are per panel.
+# Early stages respond to edges and colours; deeper ones are coarse blobs where the shapes are.
+
+# %%
+def level_panels(name, fmap, n_channels=4):
+    """Panels of one level: (maps, titles) — the channel mean and the most varied channels."""
+    f = fmap[0]
+    top = np.argsort(-f.reshape(f.shape[0], -1).var(axis=1))[:n_channels]
+    stride = x.shape[-1] // f.shape[-1]
+    panels = [f.mean(axis=0)] + [f[c] for c in top]
+    titles = [f"{name} mean of {f.shape[0]} ch\n{f.shape[1]}x{f.shape[2]}, stride {stride}"] + \
+             [f"{name} channel {c}" for c in top]
+    return panels, titles
+
+
+fig, ax = plt.subplots(figsize=(3.4, 3.4))
+viz.draw_instances(ax, image, target["boxes"], target["labels"], target["masks"],
+                   title=f"input: held-out image {index}")
+save_figure(fig, "02_input_image")
+
+for group, title in ((range(0, 4), "ResNet stages C2..C5"), (range(4, 9), "FPN levels P2..P6")):
+    panels, titles = [], []
+    for k in group:
+        p, t = level_panels(names[k], maps[k])
+        panels += p
+        titles += t
+    fig = viz.show_feature_maps(panels, titles, ncols=5, size=2.0,
+                                suptitle=f"{title} of the {trained} model (first panel of each row: "
+                                         f"channel mean)")
+    save_figure(fig, "02_" + ("resnet_C2_C5" if group[0] == 0 else "fpn_P2_P6"))
+
+# %% [markdown]
+# ## 3. What the top-down path adds
+#
+# FPN computes `last_5 = inner_5(C5)` and, going down, `last_k = inner_k(C_k) + up2(last_{k+1})`,
+# then `P_k = layer_k(last_k)` (a 3×3 conv). The lateral term carries the fine, local detail of
+# C_k; the top-down term brings the meaning that only the deep, wide-field levels have, at the
+# fine resolution. Below: the per-pixel norm (over channels) of each term at P2, P3, P4. Without
+# the top-down path P2 would be built from C2 alone, one residual block away from the pixels.
+
+# %%
+fpn = model.backbone.fpn
+last = fpn.inner[3](cs[3])
+terms = {}
+for k in (2, 1, 0):                                         # levels 4, 3, 2
+    topdown, _ = layers.upsample_nearest_forward(last, scale=2)
+    lateral = fpn.inner[k](cs[k])
+    terms[k + 2] = (lateral, topdown)
+    last = lateral + topdown
+panels, titles = [], []
+for level in (2, 3, 4):
+    lateral, topdown = terms[level]
+    n_lat = np.sqrt((lateral[0] ** 2).sum(axis=0))
+    n_td = np.sqrt((topdown[0] ** 2).sum(axis=0))
+    share = float((topdown ** 2).sum() / ((lateral ** 2).sum() + (topdown ** 2).sum()))
+    log(f"lateral inner_{level}(C{level})", lateral)
+    log(f"top-down up2(last_{level + 1})", topdown)
+    print(f"  level {level}: the top-down term carries {100 * share:.0f}% of the energy of last_{level}")
+    panels += [n_lat, n_td, np.sqrt(((lateral + topdown)[0] ** 2).sum(axis=0))]
+    titles += [f"|lateral| level {level}", f"|top-down| level {level}\n({100 * share:.0f}% of energy)",
+               f"|sum| = |last_{level}|"]
+fig = viz.show_feature_maps(panels, titles, ncols=3, size=2.4, colorbar=True, cmap="magma",
+                            suptitle="FPN: lateral (1x1 on C_k) vs top-down (upsampled level above)")
+save_figure(fig, "02_fpn_topdown")

@@ -1,0 +1,251 @@
+# %% [markdown]
+# # 06 — The box head: from proposals to detections
+#
+# Each proposal is pooled to a fixed 7×7 grid of FPN features, two FC layers turn it into a
+# vector, and the predictor gives K+1 class scores (background first) and one box refinement per
+# class. What you will see:
+#
+# 1. in training: the proposals (plus the ground truth) matched at IoU 0.5 and sampled, 25 %
+#    positives at most — `RoIHeads.sample_proposals`;
+# 2. the 7×7 pooled features of a few RoIs, each from the FPN level its size selects —
+#    `RoIHeads.pool` (`roi_ops.multilevel_roi_forward`, RoIAlign);
+# 3. class probabilities of the proposals — `box_head`, `box_predictor`, softmax;
+# 4. the class-specific refinement: the proposal and the box decoded with its best class's deltas
+#    — `BoxCoder.decode` (weights 10, 10, 5, 5);
+# 5. score threshold, per-class NMS, top 100: the final detections — the steps of
+#    `RoIHeads.predict`, checked against `model.predict`.
+#
+# The model is `data/shapes_maskrcnn.npz` (or `$NPMASKRCNN_MODEL`); without it an untrained one.
+
+# %%
+import os
+import sys
+
+import numpy as np
+
+try:
+    import npmaskrcnn  # noqa: F401
+except ImportError:  # a checkout without `pip install -e .`: use the repo this file lives in
+    _here = os.path.abspath(globals().get("__file__", os.path.join(os.getcwd(), "_")))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
+
+from npmaskrcnn import viz
+from npmaskrcnn.boxes import batched_nms, box_iou, clip_boxes, remove_small_boxes
+from npmaskrcnn.checkpoint import load_model
+from npmaskrcnn.config import Config
+from npmaskrcnn.model import MaskRCNN
+from npmaskrcnn.roi_ops import assign_fpn_levels
+from npmaskrcnn.shapes import ShapesDataset
+from npmaskrcnn.viz import log, save_figure
+
+import matplotlib.pyplot as plt  # noqa: E402  (viz has selected the Agg backend)
+
+args = viz.parse_walkthrough_args()
+print("figures go to", args.out, "(fast mode)" if args.fast else "")
+
+MODEL_PATH = os.environ.get("NPMASKRCNN_MODEL") or os.path.join(viz.REPO_ROOT, "data", "shapes_maskrcnn.npz")
+if os.path.exists(MODEL_PATH):
+    model, trained = load_model(MODEL_PATH), "trained"
+else:
+    print(f"no model at {MODEL_PATH}: using an untrained MaskRCNN(Config())")
+    model, trained = MaskRCNN(Config()), "untrained"
+model.eval()
+cfg, heads = model.config, model.roi_heads
+names = ("background",) + model.class_names
+
+ds = ShapesDataset(100, seed=10_000, image_size=cfg.image_size)
+index = next(i for i in range(len(ds)) if len(ds[i][1]["labels"]) >= 3)
+image, target = ds[index]
+x, image_size = model.preprocess([image])
+features = model.backbone(x)
+proposals = model.rpn(features, image_size)[0]              # list of 1 (P, 4)
+log("proposals", proposals[0])
+
+# %% [markdown]
+# ## 1. Sampling RoIs for training
+#
+# In training the ground-truth boxes join the proposals (so there is always a perfect positive),
+# every RoI takes the class of the ground truth it overlaps at IoU ≥ 0.5, or background, and a
+# sample of `box_batch_size_per_image` = 128 RoIs with at most 25 % positives is drawn.
+
+# %%
+rois, labels, reg_targets, matched, _ = heads.sample_proposals(proposals, [target],
+                                                               np.random.default_rng(0))
+log("sampled rois", rois)
+log("sampled labels", labels)
+log("box regression targets", reg_targets[labels > 0])
+n_pos = int((labels > 0).sum())
+print(f"{len(proposals[0])} proposals + {len(target['boxes'])} gt -> sampled {len(rois)} RoIs: "
+      f"{n_pos} positive, {len(rois) - n_pos} background")
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 5.6))
+for ax, sel, title in ((axes[0], labels > 0, f"positives ({n_pos}), colour of their gt"),
+                       (axes[1], labels == 0, f"background RoIs ({len(rois) - n_pos})")):
+    ax.imshow(image)
+    cols = [viz.color(int(m)) for m in matched[sel]] if title.startswith("pos") else "red"
+    viz.draw_boxes(ax, rois[sel, 1:], cols, linewidth=1.0)
+    viz.draw_boxes(ax, target["boxes"], "white", linestyle="--", linewidth=2, label="ground truth")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_xticks([])
+    ax.set_yticks([])
+fig.suptitle("RoI sampling: IoU >= 0.5 with a gt box is foreground (its class), else background",
+             fontsize=11, y=1.0)
+fig.tight_layout()
+save_figure(fig, "06_sampled_rois")
+
+# %% [markdown]
+# ## 2. 7×7 pooled features
+#
+# A RoI of side s goes to level k = floor(4 + log2(s / 112)) clamped to P2..P5 (FPN eq. 1 with
+# the shapes preset's canonical size 112), and RoIAlign reads a 7×7 grid of bins from it. Below:
+# four RoIs of different sizes and their pooled features (mean over the 64 channels, and the
+# channel that varies most over these RoIs).
+
+# %%
+pos = np.flatnonzero(labels > 0)
+sizes = np.sqrt((rois[pos, 3] - rois[pos, 1]) * (rois[pos, 4] - rois[pos, 2]))
+pick = pos[np.argsort(sizes)[np.linspace(0, len(pos) - 1, min(4, len(pos))).astype(int)]]
+pooled, _ = heads.pool(features[:4], rois[pick], cfg.box_pool_size)   # (4, F, 7, 7)
+level = assign_fpn_levels(rois[pick, 1:], min(cfg.pooler_levels), max(cfg.pooler_levels),
+                          cfg.canonical_size, cfg.canonical_level)
+log("pooled 7x7 features", pooled)
+ch = int(np.argmax(pooled.var(axis=(0, 2, 3))))
+fig, axes = plt.subplots(3, len(pick), figsize=(3 * len(pick), 9), squeeze=False)
+for j, r in enumerate(pick):
+    axes[0, j].imshow(image)
+    x1, y1, x2, y2 = rois[r, 1:]
+    viz.draw_boxes(axes[0, j], rois[r:r + 1, 1:], "yellow")
+    viz.draw_grid(axes[0, j], x1, y1, x2, y2, cfg.box_pool_size, cfg.box_pool_size,
+                  color="yellow", linewidth=0.5, offset=-0.5)
+    axes[0, j].set_title(f"RoI {r}: {x2 - x1:.0f}x{y2 - y1:.0f} px -> P{level[j]}\n"
+                         f"label {names[labels[r]]}", fontsize=9)
+    axes[1, j].imshow(pooled[j].mean(axis=0), cmap="viridis")
+    axes[1, j].set_title("pooled, mean over channels", fontsize=9)
+    axes[2, j].imshow(pooled[j, ch], cmap="viridis")
+    axes[2, j].set_title(f"pooled, channel {ch}", fontsize=9)
+for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+fig.suptitle("RoIAlign: every RoI becomes a 64 x 7 x 7 feature, whatever its size", fontsize=11)
+fig.tight_layout()
+save_figure(fig, "06_pooled_7x7")
+
+# %% [markdown]
+# ## 3. Class probabilities of the proposals
+#
+# At test time all proposals go through the head. The softmax over K+1 classes gives each one a
+# background probability and one per class; most proposals are background or a duplicate.
+
+# %%
+props = proposals[0]
+prop_rois = np.concatenate([np.zeros((len(props), 1), props.dtype), props], axis=1)
+box_feats, _ = heads.pool(features[:4], prop_rois, cfg.box_pool_size)
+class_logits, box_deltas = heads.box_predictor(heads.box_head(box_feats))
+probs = np.exp(class_logits - class_logits.max(axis=1, keepdims=True))
+probs /= probs.sum(axis=1, keepdims=True)                   # (P, K+1)
+log("class logits", class_logits)
+log("class probabilities", probs)
+log("box deltas (P, 4(K+1))", box_deltas)
+top = np.argsort(-probs[:, 1:].max(axis=1))[:12]
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 5.2), gridspec_kw={"width_ratios": [1, 1.1]})
+axes[0].imshow(image)
+viz.draw_boxes(axes[0], props[top], [viz.color(i) for i in range(len(top))], linewidth=1.2,
+               captions=[str(i) for i in range(len(top))])
+axes[0].set_title("the 12 proposals with the highest class score")
+axes[0].set_xticks([])
+axes[0].set_yticks([])
+im = axes[1].imshow(probs[top], cmap="Blues", vmin=0, vmax=1, aspect="auto")
+for a in range(len(top)):
+    for c in range(probs.shape[1]):
+        axes[1].text(c, a, f"{probs[top[a], c]:.2f}", ha="center", va="center", fontsize=8,
+                     color="white" if probs[top[a], c] > 0.6 else "black")
+axes[1].set_xticks(range(len(names)), names)
+axes[1].set_yticks(range(len(top)), [f"proposal {i}" for i in range(len(top))])
+axes[1].set_xlabel("class")
+axes[1].set_title("softmax class probabilities")
+fig.colorbar(im, ax=axes[1], fraction=0.04)
+fig.tight_layout()
+save_figure(fig, "06_class_probabilities")
+
+# %% [markdown]
+# ## 4. Class-specific box refinement
+#
+# The predictor outputs 4 deltas per class; a proposal is refined with the deltas of the class
+# being scored. Dashed: the proposal; solid: the refined box for its best class; white: the
+# ground truth. The IoU with the ground truth before → after is in each caption.
+
+# %%
+boxes_all = heads.box_coder.decode(box_deltas, props).reshape(len(props), -1, 4)
+boxes_all = clip_boxes(boxes_all.reshape(-1, 4), image_size).reshape(boxes_all.shape)
+best_class = probs[:, 1:].argmax(axis=1) + 1
+refined = boxes_all[np.arange(len(props)), best_class]
+log("refined boxes (best class)", refined)
+show = top[:6]
+iou_before = box_iou(props[show], target["boxes"]).max(axis=1)
+iou_after = box_iou(refined[show], target["boxes"]).max(axis=1)
+print("IoU with the best gt, proposal -> refined:",
+      ", ".join(f"{a:.2f}->{b:.2f}" for a, b in zip(iou_before, iou_after)))
+
+fig, axes = plt.subplots(2, 3, figsize=(10.5, 7.6))
+for j, ax in enumerate(axes.flat):
+    if j >= len(show):
+        ax.axis("off")
+        continue
+    i = show[j]
+    ax.imshow(image)
+    viz.draw_boxes(ax, target["boxes"], "white", linewidth=1, label="ground truth")
+    viz.draw_boxes(ax, props[i:i + 1], "red", linestyle="--", label="proposal")
+    viz.draw_boxes(ax, refined[i:i + 1], "lime", label="refined")
+    ax.set_title(f"{names[best_class[i]]} {probs[i, best_class[i]]:.2f}: "
+                 f"IoU {iou_before[j]:.2f} -> {iou_after[j]:.2f}", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+axes.flat[0].legend(fontsize=7, loc="lower left")
+fig.suptitle("proposal (dashed) vs class-specific refined box (solid)", fontsize=11)
+fig.tight_layout()
+save_figure(fig, "06_box_refinement")
+
+# %% [markdown]
+# ## 5. Score threshold, per-class NMS, final detections
+#
+# Every (proposal, class) pair is a candidate: P × K boxes. Keep those scoring above
+# `box_score_thresh` = 0.05, drop empty boxes, run NMS at IoU 0.5 separately for each class,
+# keep the top 100. `model.predict` does exactly this, then runs the mask head (walkthrough 07).
+
+# %%
+cand_boxes = boxes_all[:, 1:].reshape(-1, 4)
+cand_scores = probs[:, 1:].reshape(-1)
+cand_labels = np.tile(np.arange(1, cfg.num_classes + 1), len(props))
+keep = np.flatnonzero(cand_scores > cfg.box_score_thresh)
+b, s, lab = cand_boxes[keep], cand_scores[keep], cand_labels[keep]
+keep = remove_small_boxes(b, 1e-2)
+b, s, lab = b[keep], s[keep], lab[keep]
+n_thresh = len(b)
+keep = batched_nms(b, s, lab, cfg.box_nms_thresh)[:cfg.detections_per_img]
+det_boxes, det_scores, det_labels = b[keep], s[keep], lab[keep]
+log("final boxes", det_boxes)
+log("final scores", det_scores)
+print(f"{len(cand_boxes)} (proposal, class) candidates -> score > {cfg.box_score_thresh}: {n_thresh} "
+      f"-> after per-class NMS: {len(det_boxes)}")
+pred = model.predict([image])[0]
+assert np.allclose(pred["boxes"], det_boxes, atol=1e-4), "step-by-step detections differ from predict"
+
+fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
+axes[0].imshow(image)
+viz.draw_boxes(axes[0], b, [viz.color(int(v) - 1) for v in lab], linewidth=0.8)
+axes[0].set_title(f"{n_thresh} candidates scoring > {cfg.box_score_thresh}\n(colour = class)")
+axes[0].set_xticks([])
+axes[0].set_yticks([])
+strong = det_scores >= 0.5
+if strong.sum() == 0:                                       # a weak model: show its best 3
+    strong = np.arange(len(det_scores)) < 3
+viz.draw_instances(axes[1], image, det_boxes, det_labels, scores=det_scores,
+                   title=f"after per-class NMS: {len(det_boxes)} detections")
+viz.draw_instances(axes[2], image, det_boxes[strong], det_labels[strong], pred["masks"][strong],
+                   scores=det_scores[strong],
+                   title=f"the {int(strong.sum())} scoring >= {det_scores[strong].min():.2f}, "
+                         f"with their masks")
+fig.tight_layout()
+save_figure(fig, "06_final_detections")

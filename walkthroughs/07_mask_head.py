@@ -1,0 +1,169 @@
+# %% [markdown]
+# # 07 — The mask head: 28×28 masks inside each RoI
+#
+# The mask branch pools each positive RoI at 14×14, runs 4 convs, a 2× transposed conv and a
+# 1×1 conv to K channels of 28×28 logits: one mask per class. What you will see:
+#
+# 1. the training targets: the ground-truth mask resampled into a positive RoI at 28×28 —
+#    `roi_heads.project_masks_on_boxes` (RoIAlign on the mask, then ≥ 0.5);
+# 2. the predicted 28×28 probabilities for the same RoIs — `RoIHeads.pool`, `mask_head`,
+#    `RoIHeads.mask_probs`;
+# 3. the paste back into the image (bilinear, threshold 0.5) and its IoU with the ground-truth
+#    mask — `roi_heads.paste_masks`;
+# 4. the K sigmoid channels of one RoI: no softmax across classes; only the channel of the
+#    predicted (at training: the ground-truth) class is used, the others are never compared.
+#
+# The model is `data/shapes_maskrcnn.npz` (or `$NPMASKRCNN_MODEL`); without it an untrained one.
+
+# %%
+import os
+import sys
+
+import numpy as np
+
+try:
+    import npmaskrcnn  # noqa: F401
+except ImportError:  # a checkout without `pip install -e .`: use the repo this file lives in
+    _here = os.path.abspath(globals().get("__file__", os.path.join(os.getcwd(), "_")))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
+
+from npmaskrcnn import viz
+from npmaskrcnn.checkpoint import load_model
+from npmaskrcnn.config import Config
+from npmaskrcnn.model import MaskRCNN
+from npmaskrcnn.roi_heads import paste_masks, project_masks_on_boxes
+from npmaskrcnn.shapes import ShapesDataset
+from npmaskrcnn.viz import log, save_figure
+
+import matplotlib.pyplot as plt  # noqa: E402  (viz has selected the Agg backend)
+
+args = viz.parse_walkthrough_args()
+print("figures go to", args.out, "(fast mode)" if args.fast else "")
+
+MODEL_PATH = os.environ.get("NPMASKRCNN_MODEL") or os.path.join(viz.REPO_ROOT, "data", "shapes_maskrcnn.npz")
+if os.path.exists(MODEL_PATH):
+    model, trained = load_model(MODEL_PATH), "trained"
+else:
+    print(f"no model at {MODEL_PATH}: using an untrained MaskRCNN(Config())")
+    model, trained = MaskRCNN(Config()), "untrained"
+model.eval()
+cfg, heads = model.config, model.roi_heads
+
+ds = ShapesDataset(100, seed=10_000, image_size=cfg.image_size)
+index = next(i for i in range(len(ds)) if len(ds[i][1]["labels"]) >= 3)
+image, target = ds[index]
+x, image_size = model.preprocess([image])
+features = model.backbone(x)
+proposals = model.rpn(features, image_size)[0]
+
+# %% [markdown]
+# ## 1. Mask targets
+#
+# As in training, proposals are matched to the ground truth and sampled; the positives' matched
+# masks are resampled into each RoI. We take one positive *proposal* per ground-truth instance
+# (not the gt box itself, so the RoI is slightly off, as it is in training).
+
+# %%
+rois, labels, _, matched, _ = heads.sample_proposals(proposals, [target], np.random.default_rng(0))
+n_gt = len(target["labels"])
+pos = np.flatnonzero(labels > 0)
+is_gt_box = np.array([np.any(np.all(np.isclose(rois[r, 1:], target["boxes"]), axis=1)) for r in pos])
+chosen = []
+for g in range(n_gt):                                      # a proposal per instance, else its gt box
+    cand = [r for r, gtb in zip(pos, is_gt_box) if matched[r] == g and not gtb] or \
+           [r for r in pos if matched[r] == g]
+    chosen += cand[:1]
+chosen = np.array(chosen[:4])
+boxes, roi_labels, roi_gt = rois[chosen, 1:], labels[chosen], matched[chosen]
+m = 2 * cfg.mask_pool_size
+mask_targets = project_masks_on_boxes(target["masks"], boxes, roi_gt, m)
+log("positive RoI boxes", boxes)
+log("mask targets (P, 28, 28)", mask_targets)
+
+# %% [markdown]
+# ## 2. Predicted probabilities and 3. the paste back
+#
+# The head's output for a RoI is (K, 28, 28) logits; `mask_probs` takes the sigmoid of the
+# channel of the RoI's class. `paste_masks` interpolates the 28×28 grid onto the image pixels
+# inside the box and thresholds at 0.5; pixels outside the box stay 0.
+
+# %%
+mask_feats, _ = heads.pool(features[:4], np.concatenate([np.zeros((len(boxes), 1), boxes.dtype),
+                                                           boxes], axis=1), cfg.mask_pool_size)
+mask_logits = heads.mask_head(mask_feats)                 # (P, K, 28, 28)
+probs = heads.mask_probs(mask_logits, roi_labels)          # (P, 28, 28)
+pasted = paste_masks(probs, boxes, image_size, cfg.mask_threshold)   # (P, H, W)
+log("pooled 14x14 features", mask_feats)
+log("mask logits (P, K, 28, 28)", mask_logits)
+log("mask probabilities", probs)
+log("pasted masks", pasted)
+gt_masks = target["masks"][roi_gt]
+ious = (pasted & gt_masks).sum(axis=(1, 2)) / np.maximum((pasted | gt_masks).sum(axis=(1, 2)), 1)
+target_iou = ((probs >= 0.5) & (mask_targets > 0.5)).sum(axis=(1, 2)) / np.maximum(
+    ((probs >= 0.5) | (mask_targets > 0.5)).sum(axis=(1, 2)), 1)
+for j in range(len(chosen)):
+    print(f"RoI {chosen[j]} ({model.class_names[roi_labels[j] - 1]}): 28x28 IoU with the target "
+          f"{target_iou[j]:.3f}, pasted mask IoU with the gt mask {ious[j]:.3f}")
+
+fig, axes = plt.subplots(len(chosen), 4, figsize=(12.5, 3.2 * len(chosen)), squeeze=False)
+for j in range(len(chosen)):
+    name = model.class_names[roi_labels[j] - 1]
+    axes[j, 0].imshow(image)
+    viz.draw_boxes(axes[j, 0], boxes[j:j + 1], "yellow")
+    axes[j, 0].set_title(f"RoI {chosen[j]}: a {name}", fontsize=9)
+    axes[j, 1].imshow(mask_targets[j], cmap="gray", vmin=0, vmax=1)
+    axes[j, 1].set_title("target: gt mask resampled, 28x28", fontsize=9)
+    im = axes[j, 2].imshow(probs[j], cmap="viridis", vmin=0, vmax=1)
+    axes[j, 2].contour(mask_targets[j], levels=[0.5], colors="red", linewidths=1)
+    axes[j, 2].set_title(f"predicted sigmoid, '{name}' channel\n(red: target outline)", fontsize=9)
+    fig.colorbar(im, ax=axes[j, 2], fraction=0.046)
+    overlay = np.zeros(image.shape[:2] + (3,))
+    overlay[..., 1] = pasted[j]
+    overlay[..., 0] = gt_masks[j]
+    axes[j, 3].imshow(overlay)
+    viz.draw_boxes(axes[j, 3], boxes[j:j + 1], "white", linewidth=1)
+    axes[j, 3].set_title(f"pasted (green) vs gt (red), yellow = both\nmask IoU {ious[j]:.3f}", fontsize=9)
+for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+fig.suptitle(f"mask head of the {trained} model: target, prediction, paste", fontsize=12)
+fig.tight_layout()
+save_figure(fig, "07_targets_predictions_paste")
+
+# %% [markdown]
+# ## 4. K independent sigmoids, one channel used
+#
+# The mask head predicts a mask for *every* class at once. With the paper's per-class sigmoid
+# loss, only the ground-truth class's channel gets a gradient during training, and at test time
+# only the channel of the class the box head predicted is read. The other channels are never
+# trained on this object, so nothing forces them to agree: classification and segmentation are
+# decoupled. (On shapes they often look alike — the head learns "the object in the box" — but
+# only one is read; the printed differences show how far they are apart.)
+
+# %%
+j = 0
+if cfg.mask_loss != "sigmoid" or cfg.class_agnostic_masks:
+    print(f"note: this model uses mask_loss={cfg.mask_loss!r}, class_agnostic_masks="
+          f"{cfg.class_agnostic_masks}; the channels below are shown as plain sigmoids")
+used_channel = 0 if cfg.class_agnostic_masks else roi_labels[j] - 1 + (cfg.mask_loss == "softmax")
+all_probs = 1 / (1 + np.exp(-np.clip(mask_logits[j], -50, 50)))   # (K, 28, 28)
+log(f"RoI {chosen[j]}: all K sigmoid channels", all_probs)
+for k in range(len(all_probs)):
+    print(f"  channel {k}: mean |p_k - p_used| = {np.abs(all_probs[k] - all_probs[used_channel]).mean():.3f}")
+fig, axes = plt.subplots(1, len(all_probs), figsize=(3.4 * len(all_probs), 3.7), squeeze=False)
+for k, ax in enumerate(axes[0]):
+    used = k == used_channel
+    ax.imshow(all_probs[k], cmap="viridis", vmin=0, vmax=1)
+    name = model.class_names[k] if len(all_probs) == cfg.num_classes else f"{k}"
+    ax.set_title(f"channel {k}: {name}\n" + ("USED (the RoI's class)" if used else
+                                                             "ignored"),
+                 fontsize=10, color="green" if used else "grey", fontweight="bold" if used else None)
+    for side in ax.spines.values():
+        side.set_color("green" if used else "lightgrey")
+        side.set_linewidth(3 if used else 1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+fig.suptitle(f"RoI {chosen[j]} (a {model.class_names[roi_labels[j] - 1]}): sigmoid of each of the "
+             f"K={len(all_probs)} mask channels", fontsize=11, y=1.02)
+fig.tight_layout()
+save_figure(fig, "07_per_class_channels")
