@@ -225,7 +225,11 @@ def main():
     cfg = Config()
     print(f"config: shapes preset, {cfg.image_size}x{cfg.image_size}, batch {cfg.batch_size}; "
           f"numba threads {numba.get_num_threads()}, cpus {os.cpu_count()}, "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
           f"load avg {os.getloadavg()[0]:.2f}")
+    if os.getloadavg()[0] > (os.cpu_count() or 1):
+        print("warning: the machine is busy; multi-threaded BLAS spin-waits under contention and can "
+              "inflate times many-fold (try OPENBLAS_NUM_THREADS=1)")
     model, ds, per_iter, totals, np_peak = bench_training(cfg, args.iters, args.warmup)
     total = float(np.median(totals))
     stages = STAGES + sorted(k for r in per_iter for k in r if k not in STAGES and k != "other") + ["other"]

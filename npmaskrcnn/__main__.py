@@ -36,7 +36,7 @@ import zipfile
 
 DEFAULT_MODEL = os.path.join("data", "shapes_maskrcnn.npz")
 VAL_SEED = 10_000                 # evaluation and demo images; training uses seed 0, so disjoint
-VAL_IMAGES_DURING_TRAINING = 100
+VAL_IMAGES_DURING_TRAINING = 50
 PLUGIN_COMMANDS = ("ablate",)     # subcommands defined by their own module (see the docstring)
 
 
@@ -342,7 +342,7 @@ def add_train_args(p):
                    help="COCO-format validation set for --eval-every (default with shapes: "
                         f"{VAL_IMAGES_DURING_TRAINING} shapes images of seed {VAL_SEED})")
     p.add_argument("--val-images", metavar="DIR", help="image folder of --val-data")
-    p.add_argument("--eval-every", type=int, default=0, metavar="N",
+    p.add_argument("--eval-every", type=int, default=500, metavar="N",
                    help="COCO AP on the validation set every N steps, to OUT/eval.jsonl (0 = never)")
     p.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
                    help="write OUT/checkpoint.npz every N steps (default: %(default)s)")

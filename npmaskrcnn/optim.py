@@ -15,6 +15,7 @@ Naming:
 import math
 
 import numpy as np
+from numba import njit
 
 
 def decays(name, param):
@@ -91,15 +92,18 @@ class AdamW(_Optimizer):
             if "m." + name not in self.state:
                 self.state["m." + name] = np.zeros_like(p)
                 self.state["v." + name] = np.zeros_like(p)
-            m, v = self.state["m." + name], self.state["v." + name]
-            m *= b1
-            m += (1.0 - b1) * g
-            v *= b2
-            v += (1.0 - b2) * (g * g)
-            update = (m / c1) / (np.sqrt(v / c2) + self.eps)
-            if self.weight_decay and decays(name, p):
-                update += self.weight_decay * p
-            p -= (self.lr * update).astype(p.dtype, copy=False)
+            wd = self.weight_decay if decays(name, p) else 0.0
+            _adamw_kernel(p.reshape(-1), g.reshape(-1), self.state["m." + name].reshape(-1),
+                          self.state["v." + name].reshape(-1), self.lr, b1, b2, c1, c2, self.eps, wd)
+
+
+@njit(cache=True)
+def _adamw_kernel(p, g, m, v, lr, b1, b2, c1, c2, eps, wd):
+    """One AdamW update of flat arrays in place, in one pass (numpy would make ~8 temporaries)."""
+    for i in range(p.size):
+        m[i] = b1 * m[i] + (1.0 - b1) * g[i]
+        v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i]
+        p[i] -= lr * ((m[i] / c1) / (np.sqrt(v[i] / c2) + eps) + wd * p[i])
 
 
 def lr_at(step, base_lr, total_steps, warmup_steps=0, schedule="cosine", warmup_factor=0.001,

@@ -194,6 +194,8 @@ def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_e
             row = train_step(model, opt, images, targets, step, cfg)
             rows.append(row)
             writer.writerow(row)
+            if (step + 1) % 50 == 0:
+                logf.flush()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({k.replace("loss_", ""): f"{row[k]:.3f}" for k in ("loss",) + LOSS_KEYS})
@@ -204,11 +206,13 @@ def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_e
             if eval_every and val_dataset is not None and done % eval_every == 0:
                 from .evaluate import evaluate_model
                 metrics = evaluate_model(model, val_dataset)
-                summary = {"step": done, **{f"{t}_{k}": metrics[t][k] for t in ("bbox", "segm")
-                                            for k in ("AP", "AP50", "AP75")}}
+                summary = {"step": done, "train_seconds": sum(r["seconds"] for r in rows),
+                           **{f"{t}_{k}": metrics[t][k] for t in ("bbox", "segm")
+                              for k in ("AP", "AP50", "AP75")}}
                 with open(os.path.join(out_dir, "eval.jsonl"), "a") as ef:
                     ef.write(json.dumps(summary) + "\n")
-                say(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k != "step"))
+                say(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()
+                                                 if k not in ("step", "train_seconds")))
                 model.train()
     finally:
         logf.close()

@@ -284,7 +284,7 @@ def draw_loss_curves(rows, title="training losses", window=None):
     panels = [(k, k) for k in keys] + [("lr", "learning rate"), ("grad_norm", "gradient norm")]
     for ax, (key, name) in zip(axes.flat, panels):
         v = np.array([r.get(key, np.nan) for r in rows], dtype=np.float64)
-        smooth = window >= 3 and len(v) > window
+        smooth = window >= 3 and len(v) > window and key != "lr"
         ax.plot(steps, v, color="lightgrey" if smooth else "tab:blue", lw=1, label="per step")
         if smooth:
             avg = np.convolve(v, np.ones(window) / window, mode="valid")

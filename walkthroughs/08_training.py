@@ -4,10 +4,11 @@
 # Training is a loop of `forward` (five losses), `backward` (every gradient, by hand), gradient
 # clipping and an AdamW step, with a warmup + cosine learning-rate schedule. What you will see:
 #
-# 1. one batch, as the loop sees it: 4 images with random horizontal flips — `train.get_batch`;
+# 1. one batch, as the loop sees it, with random horizontal flips — `train.get_batch`;
 # 2. a short run from scratch, in this process, into the figure folder (`08_run/`: log.csv,
 #    checkpoint.npz, model.npz, loss_curve.png) — `train.train`; fast mode: 10 steps of a tiny
-#    32×32 config, normal mode: 60 steps of `Config()` (128×128) with 2 images per step;
+#    32×32 config, normal mode: 60 steps of `Config()` (128×128), one image per step (the full
+#    run takes 4);
 # 3. its losses, learning rate and gradient norm per step — `viz.draw_loss_curves`;
 # 4. if `data/train_log.csv` exists (the shipped model's log), the same curves for the real run.
 #
@@ -42,7 +43,7 @@ print("figures go to", args.out, "(fast mode)" if args.fast else "")
 if args.fast:
     cfg = Config.tiny(train_steps=10, batch_size=2, warmup_steps=2, lr=2e-3)
 else:
-    cfg = Config(train_steps=60, batch_size=2, warmup_steps=10, lr=2e-3)
+    cfg = Config(train_steps=60, batch_size=1, warmup_steps=10, lr=2e-3)   # ~40 s on 2 idle cores
 print(f"config: {cfg.image_size}x{cfg.image_size} images, {cfg.train_steps} steps of "
       f"{cfg.batch_size} images, {cfg.optimizer} lr {cfg.lr} ({cfg.schedule}, {cfg.warmup_steps} "
       f"warmup steps)")

@@ -82,7 +82,8 @@ for j in range(n_show):
     viz.draw_instances(axes[0, j], image, target["boxes"], target["labels"], target["masks"],
                        title=f"image {j}: ground truth")
     viz.draw_instances(axes[1, j], image, p["boxes"][k], p["labels"][k], p["masks"][k],
-                       scores=p["scores"][k], title=f"{len(k)} of {len(p['scores'])} detections")
+                       scores=p["scores"][k], title=f"{len(k)} of {len(p['scores'])} detections"
+                       + ("" if p["scores"][k].min() >= SHOW_SCORE else f" (none >= {SHOW_SCORE}: best 3)"))
 axes[0, 0].set_ylabel("ground truth")
 axes[1, 0].set_ylabel(f"predicted (score >= {SHOW_SCORE})")
 fig.suptitle(f"the {trained} model on held-out images (ShapesDataset seed 10000)", fontsize=12)
