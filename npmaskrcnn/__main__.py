@@ -25,14 +25,22 @@ Naming:
     dataset     ShapesDataset or CocoDataset: dataset[i] -> (image, target)
 """
 
-import argparse
-import importlib
-import json
-import math
 import os
 import sys
-import time
-import zipfile
+
+if len(sys.argv) > 1 and sys.argv[1] in ("train", "ablate"):
+    # Training runs BLAS on one thread (set before numpy loads). On 2 cores the second OpenBLAS
+    # thread gains ~10% on an idle machine but loses 3-10x as soon as anything else runs, because
+    # its threads spin-wait for each other (measured: docs/performance.md).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+import zipfile  # noqa: E402
 
 DEFAULT_MODEL = os.path.join("data", "shapes_maskrcnn.npz")
 VAL_SEED = 10_000                 # evaluation and demo images; training uses seed 0, so disjoint
@@ -199,6 +207,13 @@ def read_image(path, arg="images"):
         raise CLIError(f"{arg}: cannot read {path!r} as an image: {e}") from None
 
 
+def score_thresh_arg(value, arg="--score-thresh"):
+    """Inputs: the value of --score-thresh. Returns: it if in [0, 1], else raises CLIError."""
+    if not 0 <= value <= 1:                                  # also refuses NaN
+        raise CLIError(f"{arg}: expected a number in [0, 1], got {value}")
+    return value
+
+
 def parse_value(text):
     """Inputs: the value of --set key=value. Returns: it parsed as JSON, else the string itself."""
     try:
@@ -223,7 +238,7 @@ def build_config(args, base=None):
         try:
             with open(args.config) as f:
                 cfg = Config.from_json(f.read())
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, AttributeError) as e:
             raise CLIError(f"--config: {args.config!r} is not a valid Config JSON: {e}") from None
     else:
         cfg = base if base is not None else Config()
@@ -445,6 +460,8 @@ def cmd_evaluate(args):
                        f"positive integer")
     if args.images is not None and args.data is None:
         raise CLIError("--images: only meaningful with --data")
+    if args.seed < 0:
+        raise CLIError(f"--seed: expected a non-negative integer, got {args.seed}")
     model = load_model_arg(args.model)
     for path, arg in ((args.results, "--results"), (args.json, "--json")):
         if path is not None:
@@ -490,6 +507,7 @@ def cmd_predict(args):
     import matplotlib.pyplot as plt
 
     from .coco import encode_masks, write_json_atomic
+    score_thresh_arg(args.score_thresh)
     images = [read_image(path, "IMAGE") for path in args.images]
     model = load_model_arg(args.model)
     out = output_dir(args.out, "--out")
@@ -542,6 +560,9 @@ def cmd_demo(args):
 
     if args.num_images < 1:
         raise CLIError(f"--num-images: expected a positive integer, got {args.num_images}")
+    if args.seed < 0:
+        raise CLIError(f"--seed: expected a non-negative integer, got {args.seed}")
+    score_thresh_arg(args.score_thresh)
     model = load_model_arg(args.model)
     output_file(args.out, "--out")
     dataset = shapes_dataset(args.num_images, args.seed, model.config.image_size)
@@ -585,7 +606,7 @@ def cmd_summary(args):
             try:
                 with open(args.config) as f:
                     cfg = Config.from_json(f.read())
-            except (ValueError, TypeError) as e:
+            except (ValueError, TypeError, AttributeError) as e:
                 raise CLIError(f"--config: {args.config!r} is not a valid Config JSON: {e}") from None
         model = MaskRCNN(cfg)
     print(format_summary(model))

@@ -30,14 +30,37 @@ BELOW_LOW_THRESHOLD = -1
 BETWEEN_THRESHOLDS = -2
 
 
-def _check_boxes(boxes, name):
-    """Return `boxes` as a float (N, 4) array, or raise naming the argument."""
+def _is_real_dtype(dtype):
+    """True for integer and floating dtypes (not bool, complex, str or object)."""
+    return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+
+
+def _check_boxes(boxes, name, finite=False):
+    """Return `boxes` as a float (N, 4) array, or raise naming the argument.
+
+    finite=True also refuses NaN and inf. The functions a diverged network's outputs flow
+    through (box_area, clip_boxes, remove_small_boxes) leave it off: there NaN propagates and
+    remove_small_boxes drops it, so the training loop can report the divergence itself.
+    """
     boxes = np.asarray(boxes)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"{name} must have shape (N, 4), got {boxes.shape}")
+    if not _is_real_dtype(boxes.dtype):
+        raise TypeError(f"{name} must hold real numbers (int or float), got dtype {boxes.dtype}")
     if not np.issubdtype(boxes.dtype, np.floating):
         boxes = boxes.astype(np.float64)
+    if finite and not np.all(np.isfinite(boxes)):
+        raise ValueError(f"{name} must hold finite coordinates, got NaN or inf")
     return boxes
+
+
+def _check_real(value, name):
+    """Return `value` as a finite float, or raise naming the argument."""
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                      np.floating))
+            or not np.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def box_area(boxes):
@@ -56,15 +79,17 @@ def box_iou(boxes1, boxes2):
     """Intersection over union of every pair of boxes.
 
     iou = inter / (area1 + area2 - inter). A pair whose union is 0 (two empty boxes) gets IoU 0
-    rather than torchvision's NaN, so the matcher never sees a NaN.
+    rather than torchvision's NaN, so the matcher never sees a NaN. Inverted boxes (x2 < x1) are
+    accepted: they intersect nothing, so their IoU with anything is 0. NaN or inf coordinates
+    raise ValueError.
 
     Inputs:
     - boxes1: (N, 4); boxes2: (M, 4)
     Returns:
     - iou: (N, M) in the dtype of boxes1
     """
-    boxes1 = _check_boxes(boxes1, "boxes1")
-    boxes2 = _check_boxes(boxes2, "boxes2").astype(boxes1.dtype, copy=False)
+    boxes1 = _check_boxes(boxes1, "boxes1", finite=True)
+    boxes2 = _check_boxes(boxes2, "boxes2", finite=True).astype(boxes1.dtype, copy=False)
     area1, area2 = box_area(boxes1), box_area(boxes2)
     lt = np.maximum(boxes1[:, None, :2], boxes2[None, :, :2])          # (N, M, 2)
     rb = np.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])          # (N, M, 2)
@@ -111,13 +136,19 @@ class BoxCoder:
     dx = wx (gx - px) / pw, dy = wy (gy - py) / ph, dw = ww log(gw / pw), dh = wh log(gh / ph)
     with (px, py, pw, ph) the proposal centre and size and (gx, gy, gw, gh) the reference box's
     (Faster R-CNN eq. 2). Decoding clamps dw, dh at `bbox_xform_clip` so exp() cannot overflow.
+    Encoding needs boxes of positive width and height (log and division by the size); decoding
+    accepts any finite boxes, and NaN/inf deltas (a diverged network) propagate to the output.
     """
 
     def __init__(self, weights=(1.0, 1.0, 1.0, 1.0), bbox_xform_clip=math.log(1000.0 / 16)):
-        if len(weights) != 4:
-            raise ValueError(f"weights must have 4 entries (wx, wy, ww, wh), got {weights!r}")
+        if (not isinstance(weights, (tuple, list, np.ndarray)) or len(weights) != 4
+                or not all(isinstance(v, (int, float, np.integer, np.floating))
+                           and not isinstance(v, (bool, np.bool_)) and np.isfinite(v) and v > 0
+                           for v in weights)):
+            raise ValueError(f"weights must be 4 positive finite numbers (wx, wy, ww, wh), "
+                             f"got {weights!r}")
         self.weights = tuple(float(v) for v in weights)
-        self.bbox_xform_clip = float(bbox_xform_clip)
+        self.bbox_xform_clip = _check_real(bbox_xform_clip, "bbox_xform_clip")
 
     def encode(self, reference_boxes, proposals):
         """Regression targets that move each proposal onto its reference box.
@@ -128,12 +159,16 @@ class BoxCoder:
         Returns:
         - deltas: (N, 4) in the dtype of proposals
         """
-        proposals = _check_boxes(proposals, "proposals")
-        reference_boxes = _check_boxes(reference_boxes, "reference_boxes").astype(proposals.dtype,
-                                                                                  copy=False)
+        proposals = _check_boxes(proposals, "proposals", finite=True)
+        reference_boxes = _check_boxes(reference_boxes, "reference_boxes",
+                                       finite=True).astype(proposals.dtype, copy=False)
         if reference_boxes.shape[0] != proposals.shape[0]:
             raise ValueError(f"reference_boxes and proposals must have the same length, got "
                              f"{reference_boxes.shape[0]} and {proposals.shape[0]}")
+        for name, b in (("proposals", proposals), ("reference_boxes", reference_boxes)):
+            if np.any(b[:, 2] <= b[:, 0]) or np.any(b[:, 3] <= b[:, 1]):
+                raise ValueError(f"{name} must have x2 > x1 and y2 > y1 (positive width and "
+                                 f"height) to be encoded, got an empty or inverted box")
         wx, wy, ww, wh = (proposals.dtype.type(v) for v in self.weights)
         half = proposals.dtype.type(0.5)
         ex_w = proposals[:, 2] - proposals[:, 0]
@@ -157,9 +192,13 @@ class BoxCoder:
         - pred_boxes: (N, 4*K) x1, y1, x2, y2 per class, in the dtype of deltas
         """
         deltas = np.asarray(deltas)
-        if deltas.ndim != 2 or deltas.shape[1] % 4 != 0:
-            raise ValueError(f"deltas must have shape (N, 4*K), got {deltas.shape}")
-        boxes = _check_boxes(boxes, "boxes").astype(deltas.dtype, copy=False)
+        if deltas.ndim != 2 or deltas.shape[1] % 4 != 0 or deltas.shape[1] == 0:
+            raise ValueError(f"deltas must have shape (N, 4*K), K >= 1, got {deltas.shape}")
+        if not _is_real_dtype(deltas.dtype):
+            raise TypeError(f"deltas must hold real numbers, got dtype {deltas.dtype}")
+        if not np.issubdtype(deltas.dtype, np.floating):
+            deltas = deltas.astype(np.float64)
+        boxes = _check_boxes(boxes, "boxes", finite=True).astype(deltas.dtype, copy=False)
         if boxes.shape[0] != deltas.shape[0]:
             raise ValueError(f"deltas and boxes must have the same length, got {deltas.shape[0]} "
                              f"and {boxes.shape[0]}")
@@ -182,14 +221,15 @@ def nms(boxes, scores, iou_threshold):
     """Greedy non-maximum suppression (torchvision `nms`).
 
     Visit boxes by decreasing score (ties: lower index first); keep a box unless a kept box
-    overlaps it with IoU > iou_threshold.
+    overlaps it with IoU > iou_threshold. Inverted boxes (x2 < x1) are accepted and overlap
+    nothing; NaN or inf coordinates raise ValueError; a NaN score sorts last.
 
     Inputs:
     - boxes: (N, 4); scores: (N,); iou_threshold: float
     Returns:
     - keep: (K,) int64 indices, by decreasing score
     """
-    boxes = _check_boxes(boxes, "boxes")
+    boxes = _check_boxes(boxes, "boxes", finite=True)
     return batched_nms(boxes, scores, np.zeros(boxes.shape[0], np.int64), iou_threshold)
 
 
@@ -204,11 +244,16 @@ def batched_nms(boxes, scores, labels, iou_threshold):
     Returns:
     - keep: (K,) int64 indices, by decreasing score (ties: lower index first)
     """
-    boxes = _check_boxes(boxes, "boxes")
+    boxes = _check_boxes(boxes, "boxes", finite=True)
     scores, labels = np.asarray(scores), np.asarray(labels)
     if scores.shape != (boxes.shape[0],) or labels.shape != (boxes.shape[0],):
         raise ValueError(f"scores and labels must have shape ({boxes.shape[0]},), got "
                          f"{scores.shape} and {labels.shape}")
+    if scores.size and not _is_real_dtype(scores.dtype):
+        raise TypeError(f"scores must hold real numbers, got dtype {scores.dtype}")
+    if labels.size and not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise TypeError(f"labels must hold integers, got dtype {labels.dtype}")
+    iou_threshold = _check_real(iou_threshold, "iou_threshold")
     order = np.argsort(-scores, kind="stable")                # torchvision sorts stably, descending
     # (4, N) rows x1, y1, x2, y2 in visit order; float64 so one compiled kernel serves every dtype
     b = np.ascontiguousarray(boxes[order].T, dtype=np.float64)

@@ -62,6 +62,8 @@ def load_checkpoint(path):
     Raises FileNotFoundError for a missing file and ValueError (naming the path and entry) for a
     file that is not a valid checkpoint: truncated, not a zip, pickled/object arrays, no config.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a file path, got {type(path).__name__}")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no checkpoint file at {path!r}")
@@ -83,14 +85,31 @@ def load_checkpoint(path):
     for key in ("format_version", "config", "class_names"):
         if key not in entries:
             raise ValueError(f"checkpoint {path!r}: missing entry {key!r}; not an npmaskrcnn checkpoint")
-    version = int(entries["format_version"])
+    fv = entries["format_version"]
+    if fv.shape != () or not np.issubdtype(fv.dtype, np.integer):
+        raise ValueError(f"checkpoint {path!r}: entry 'format_version' must be a scalar int, got "
+                         f"shape {fv.shape} dtype {fv.dtype}")
+    version = int(fv)
     if version != FORMAT_VERSION:
         raise ValueError(f"checkpoint {path!r}: format_version {version}, this code reads {FORMAT_VERSION}")
+    if entries["config"].shape != () or entries["config"].dtype.kind != "U":
+        raise ValueError(f"checkpoint {path!r}: entry 'config' must be a JSON string, got shape "
+                         f"{entries['config'].shape} dtype {entries['config'].dtype}")
     try:
         config = Config.from_dict(json.loads(str(entries["config"])))
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, AttributeError) as e:
         raise ValueError(f"checkpoint {path!r}: invalid config entry: {e}") from e
+    if entries["class_names"].ndim != 1 or entries["class_names"].dtype.kind != "U":
+        raise ValueError(f"checkpoint {path!r}: entry 'class_names' must be a 1-D array of "
+                         f"strings, got shape {entries['class_names'].shape} dtype "
+                         f"{entries['class_names'].dtype}")
     params = {k[len("param/"):]: v for k, v in entries.items() if k.startswith("param/")}
+    for name, v in params.items():
+        if v.dtype not in (np.float32, np.float64):
+            raise ValueError(f"checkpoint {path!r}: entry 'param/{name}' must be float32 or "
+                             f"float64, got {v.dtype}")
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"checkpoint {path!r}: entry 'param/{name}' holds NaN or inf")
     extra = {k[len("extra/"):]: v for k, v in entries.items() if k.startswith("extra/")}
     return {"config": config, "class_names": tuple(str(c) for c in entries["class_names"]),
             "params": params, "extra": extra}

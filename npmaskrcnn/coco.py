@@ -98,6 +98,16 @@ def write_json_atomic(obj, path):
     _write_atomic(path, write)
 
 
+def _is_int(v):
+    """True for a JSON integer (not a bool)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_finite_number(v):
+    """True for a JSON int or float that is not NaN or infinite (Python's json reads NaN)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
 def _check_segmentation(segmentation, ann_id, height, width):
     """Raise a ValueError naming the annotation unless `segmentation` is a valid COCO one.
 
@@ -111,7 +121,7 @@ def _check_segmentation(segmentation, ann_id, height, width):
     if isinstance(segmentation, list):
         for poly in segmentation:
             if (not isinstance(poly, list) or len(poly) % 2
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly)):
+                    or not all(_is_finite_number(v) for v in poly)):
                 raise ValueError(f"{where}: expected a list of polygons, each a flat list of an even "
                                  f"number of x, y coordinates, got {str(poly)[:80]}")
         return
@@ -180,14 +190,38 @@ class CocoDataset:
             if key not in coco_dict:
                 raise ValueError(f"COCO JSON is missing the top-level field '{key}' "
                                  f"(expected {', '.join(REQUIRED_KEYS)})")
+            if not isinstance(coco_dict[key], list):
+                raise ValueError(f"COCO JSON field '{key}': expected a list, got "
+                                 f"{type(coco_dict[key]).__name__}")
         self.coco_dict = coco_dict
         self.image_dir = image_dir
+        seen = set()
         for img in coco_dict["images"]:
+            if not isinstance(img, dict):
+                raise ValueError(f"COCO JSON field 'images': expected objects, got "
+                                 f"{type(img).__name__}")
             for field in REQUIRED_IMAGE_FIELDS:
                 if field not in img:
                     raise ValueError(f"image id {img.get('id')}: missing field '{field}' "
                                      f"(expected {', '.join(REQUIRED_IMAGE_FIELDS)})")
+            for field in ("height", "width"):
+                if not _is_int(img[field]) or img[field] < 1:
+                    raise ValueError(f"image id {img['id']}: field '{field}' must be a positive "
+                                     f"integer, got {img[field]!r}")
+            if not isinstance(img["file_name"], str) or not img["file_name"]:
+                raise ValueError(f"image id {img['id']}: field 'file_name' must be a non-empty "
+                                 f"string, got {img['file_name']!r}")
+            if not _is_int(img["id"]) or img["id"] in seen:
+                raise ValueError(f"image id {img['id']!r}: field 'id' must be a unique integer")
+            seen.add(img["id"])
+        for cat in coco_dict["categories"]:
+            if not isinstance(cat, dict) or "id" not in cat or not _is_int(cat["id"]):
+                raise ValueError(f"COCO JSON field 'categories': each category needs an integer "
+                                 f"'id', got {str(cat)[:80]}")
         category_ids = sorted(c["id"] for c in coco_dict["categories"])
+        if len(set(category_ids)) != len(category_ids):
+            raise ValueError(f"COCO JSON field 'categories': duplicate category ids in "
+                             f"{category_ids}")
         names = {c["id"]: c.get("name", str(c["id"])) for c in coco_dict["categories"]}
         self.class_names = tuple(names[c] for c in category_ids)
         self.label_to_category_id = {label: c for label, c in enumerate(category_ids, start=1)}
@@ -197,6 +231,9 @@ class CocoDataset:
         by_id = {img["id"]: img for img in self.images}
         self._annotations = {image_id: [] for image_id in self.image_ids}
         for ann in coco_dict["annotations"]:
+            if not isinstance(ann, dict):
+                raise ValueError(f"COCO JSON field 'annotations': expected objects, got "
+                                 f"{type(ann).__name__}")
             for field in REQUIRED_ANNOTATION_FIELDS:
                 if field not in ann:
                     raise ValueError(f"annotation id {ann.get('id')}: missing field '{field}' "
@@ -209,9 +246,11 @@ class CocoDataset:
                                  f"{ann['category_id']} is not the id of any category")
             img = by_id[ann["image_id"]]
             _check_segmentation(ann["segmentation"], ann["id"], img["height"], img["width"])
-            if "bbox" in ann and (not isinstance(ann["bbox"], list) or len(ann["bbox"]) != 4):
-                raise ValueError(f"annotation id {ann['id']}: field 'bbox' must be [x, y, w, h], "
-                                 f"got {ann['bbox']}")
+            if "bbox" in ann and (not isinstance(ann["bbox"], list) or len(ann["bbox"]) != 4
+                                  or not all(_is_finite_number(v) for v in ann["bbox"])
+                                  or ann["bbox"][2] < 0 or ann["bbox"][3] < 0):
+                raise ValueError(f"annotation id {ann['id']}: field 'bbox' must be [x, y, w, h] "
+                                 f"of finite numbers with w, h >= 0, got {ann['bbox']}")
             self._annotations[ann["image_id"]].append(ann)
 
     def __len__(self):
@@ -298,12 +337,14 @@ def load_coco(instances_json, image_dir=None):
     - dataset: CocoDataset; FileNotFoundError if the JSON is missing, ValueError (naming the
       field and annotation id) if it is malformed
     """
+    if not isinstance(instances_json, (str, os.PathLike)):
+        raise TypeError(f"instances_json: expected a path, got {type(instances_json).__name__}")
     if not os.path.isfile(instances_json):
         raise FileNotFoundError(f"COCO instances JSON not found: {instances_json}")
-    with open(instances_json) as f:
+    with open(instances_json, encoding="utf-8") as f:
         try:
             coco_dict = json.load(f)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{instances_json} is not valid JSON: {e}") from e
     if not isinstance(coco_dict, dict):
         raise ValueError(f"{instances_json}: expected a JSON object with "

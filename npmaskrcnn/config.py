@@ -62,7 +62,7 @@ class Config:
     mask_pool_size: int = 14              # mask head RoI size (paper: 14)
     mask_channels: int = 64               # mask head conv width (paper: 256)
     mask_num_convs: int = 4               # 3x3 convs in the mask head (paper: 4)
-    max_mask_rois_per_image: int = 16     # positives per image sent to the mask head in training
+    max_mask_rois_per_image: int = 8      # positives per image sent to the mask head in training
     mask_loss: str = "sigmoid"            # sigmoid (per-class BCE, paper) | softmax (across classes)
     class_agnostic_masks: bool = False    # one mask per RoI instead of one per class
 
@@ -71,11 +71,12 @@ class Config:
     box_nms_thresh: float = 0.5           # per-class NMS (torchvision)
     detections_per_img: int = 100         # paper: top 100
     mask_threshold: float = 0.5           # paper
+    box_from_mask: bool = False           # report the tight box of the pasted mask (not in the paper)
 
     # ---- training ----
     seed: int = 0                         # seeds initialisation, data and sampling
     batch_size: int = 4                   # images per step
-    train_steps: int = 2800               # optimizer steps (about 13 minutes on 2 cores)
+    train_steps: int = 2600               # optimizer steps (about 13 minutes on one core)
     optimizer: str = "adamw"              # adamw | sgd
     lr: float = 2e-3                      # peak learning rate
     momentum: float = 0.9                 # SGD only
@@ -89,28 +90,121 @@ class Config:
         self.validate()
 
     def validate(self):
-        """Raise ValueError naming the first field that is out of range."""
+        """Raise ValueError naming the first field that is out of range or of the wrong type."""
+        import math
+
+        import numpy as np
+
         def need(cond, name, expected):
             if not cond:
                 raise ValueError(f"Config.{name}: expected {expected}, got {getattr(self, name)!r}")
-        need(self.image_size >= 32 and self.image_size % 32 == 0, "image_size",
-             "a positive multiple of 32")
-        need(self.num_classes >= 1, "num_classes", "at least 1")
-        need(len(self.stage_channels) == 4, "stage_channels", "4 widths (C2..C5)")
-        need(len(self.stage_blocks) == 4 and min(self.stage_blocks) >= 1, "stage_blocks",
+
+        def is_int(v):
+            return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+        def is_num(v):
+            return (isinstance(v, (int, float, np.integer, np.floating))
+                    and not isinstance(v, (bool, np.bool_)) and math.isfinite(v))
+
+        def seq(v, n, ok):
+            return (isinstance(v, (tuple, list)) and (n is None or len(v) == n) and len(v) >= 1
+                    and all(ok(x) for x in v))
+
+        def pos_int(name, least=1):
+            v = getattr(self, name)
+            need(is_int(v) and v >= least, name, f"an int >= {least}")
+
+        def fraction(name, lo_open=True):
+            v = getattr(self, name)
+            need(is_num(v) and (0 < v if lo_open else 0 <= v) and v <= 1, name,
+                 "a number in (0, 1]" if lo_open else "a number in [0, 1]")
+
+        def flag(name):
+            need(isinstance(getattr(self, name), (bool, np.bool_)), name, "true or false")
+
+        # data
+        need(is_int(self.image_size) and self.image_size >= 32 and self.image_size % 32 == 0,
+             "image_size", "a positive multiple of 32")
+        pos_int("num_classes")
+        need(seq(self.pixel_mean, 3, is_num), "pixel_mean", "3 finite numbers (R, G, B)")
+        need(seq(self.pixel_std, 3, lambda v: is_num(v) and v > 0), "pixel_std",
+             "3 positive numbers (R, G, B)")
+        # backbone
+        pos_int("stem_channels")
+        need(seq(self.stage_channels, 4, lambda v: is_int(v) and v >= 1), "stage_channels",
+             "4 widths >= 1 (C2..C5)")
+        need(seq(self.stage_blocks, 4, lambda v: is_int(v) and v >= 1), "stage_blocks",
              "4 block counts >= 1")
-        need(len(self.anchor_sizes) == 5, "anchor_sizes", "5 sizes (P2..P6)")
+        pos_int("gn_groups")
+        pos_int("fpn_channels")
+        flag("fpn_norm")
+        # anchors
+        need(seq(self.anchor_sizes, 5, lambda v: is_num(v) and v > 0), "anchor_sizes",
+             "5 positive sizes (P2..P6)")
+        need(seq(self.anchor_ratios, None, lambda v: is_num(v) and v > 0), "anchor_ratios",
+             "one or more positive h / w ratios")
+        # RPN
+        need(is_num(self.rpn_bg_iou) and is_num(self.rpn_fg_iou)
+             and 0 < self.rpn_bg_iou <= self.rpn_fg_iou <= 1, "rpn_fg_iou",
+             "0 < rpn_bg_iou <= rpn_fg_iou <= 1")
+        pos_int("rpn_batch_size_per_image")
+        fraction("rpn_positive_fraction")
+        for name in ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",
+                     "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test"):
+            pos_int(name)
+        fraction("rpn_nms_thresh", lo_open=False)
+        need(is_num(self.rpn_min_size) and self.rpn_min_size > 0, "rpn_min_size",
+             "a positive number of pixels (proposals must have a size to be encoded)")
+        # RoI heads
+        need(is_num(self.box_bg_iou) and is_num(self.box_fg_iou)
+             and 0 < self.box_bg_iou <= self.box_fg_iou <= 1, "box_fg_iou",
+             "0 < box_bg_iou <= box_fg_iou <= 1")
+        pos_int("box_batch_size_per_image")
+        fraction("box_positive_fraction")
+        need(seq(self.bbox_reg_weights, 4, lambda v: is_num(v) and v > 0), "bbox_reg_weights",
+             "4 positive numbers (wx, wy, ww, wh)")
         need(self.pooler in POOLERS, "pooler", f"one of {POOLERS}")
-        need(len(self.pooler_levels) >= 1 and all(2 <= k <= 5 for k in self.pooler_levels),
-             "pooler_levels", "levels within 2..5")
+        need(seq(self.pooler_levels, None, lambda k: is_int(k) and 2 <= k <= 5)
+             and len(set(self.pooler_levels)) == len(self.pooler_levels), "pooler_levels",
+             "distinct levels within 2..5")
+        need(is_int(self.pooler_sampling_ratio), "pooler_sampling_ratio",
+             "an int (<= 0: adaptive)")
+        need(is_num(self.canonical_size) and self.canonical_size > 0, "canonical_size",
+             "a positive number of pixels")
+        need(is_int(self.canonical_level), "canonical_level", "an int")
+        pos_int("box_pool_size")
+        pos_int("box_fc_dim")
+        pos_int("box_head_convs", least=0)
+        pos_int("mask_pool_size")
+        pos_int("mask_channels")
+        pos_int("mask_num_convs", least=0)
+        pos_int("max_mask_rois_per_image")
+        widths = {"stem_channels": [self.stem_channels], "stage_channels": self.stage_channels,
+                  "fpn_channels": [self.fpn_channels], "mask_channels": [self.mask_channels]}
+        for name, ws in widths.items():
+            need(all(c % min(self.gn_groups, c) == 0 for c in ws), name,
+                 f"widths divisible by gn_groups={self.gn_groups} (GroupNorm)")
         need(self.mask_loss in ("sigmoid", "softmax"), "mask_loss", "'sigmoid' or 'softmax'")
-        need(0 < self.rpn_bg_iou <= self.rpn_fg_iou <= 1, "rpn_fg_iou", "0 < rpn_bg_iou <= rpn_fg_iou <= 1")
-        need(0 < self.box_bg_iou <= self.box_fg_iou <= 1, "box_fg_iou", "0 < box_bg_iou <= box_fg_iou <= 1")
-        need(0 < self.rpn_positive_fraction <= 1, "rpn_positive_fraction", "in (0, 1]")
-        need(0 < self.box_positive_fraction <= 1, "box_positive_fraction", "in (0, 1]")
+        flag("class_agnostic_masks")
+        # inference
+        fraction("box_score_thresh", lo_open=False)
+        fraction("box_nms_thresh", lo_open=False)
+        pos_int("detections_per_img")
+        fraction("mask_threshold", lo_open=False)
+        # training
+        pos_int("seed", least=0)
+        pos_int("batch_size")
+        pos_int("train_steps")
         need(self.optimizer in ("adamw", "sgd"), "optimizer", "'adamw' or 'sgd'")
-        need(self.batch_size >= 1, "batch_size", "at least 1")
-        need(self.lr > 0, "lr", "a positive number")
+        need(is_num(self.lr) and self.lr > 0, "lr", "a positive number")
+        need(is_num(self.momentum) and 0 <= self.momentum < 1, "momentum", "a number in [0, 1)")
+        need(is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
+             "a number >= 0")
+        pos_int("warmup_steps", least=0)
+        need(self.schedule in ("cosine", "step", "constant"), "schedule",
+             "'cosine', 'step' or 'constant'")
+        need(is_num(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number >= 0 (0 = off)")
+        flag("hflip")
 
     # ---- presets ----
     @classmethod

@@ -54,10 +54,17 @@ def predictions_to_coco_results(predictions, image_ids, label_to_category_id=Non
     if len(predictions) != len(image_ids):
         raise ValueError(f"{len(predictions)} predictions for {len(image_ids)} image ids")
     results = []
-    for pred, image_id in zip(predictions, image_ids):
+    for i, (pred, image_id) in enumerate(zip(predictions, image_ids)):
+        if not isinstance(pred, dict) or not all(k in pred for k in ("boxes", "labels", "scores")):
+            raise ValueError(f"predictions[{i}]: expected a dict with 'boxes', 'labels', 'scores'")
         boxes = np.asarray(pred["boxes"], dtype=np.float64).reshape(-1, 4)
         labels = np.asarray(pred["labels"]).reshape(-1)
         scores = np.asarray(pred["scores"], dtype=np.float64).reshape(-1)
+        if not len(boxes) == len(labels) == len(scores):
+            raise ValueError(f"predictions[{i}]: 'boxes', 'labels', 'scores' have different "
+                             f"lengths {len(boxes)}, {len(labels)}, {len(scores)}")
+        if not (np.all(np.isfinite(boxes)) and np.all(np.isfinite(scores))):
+            raise ValueError(f"predictions[{i}]: 'boxes' and 'scores' must be finite, got NaN or inf")
         rles = [None] * len(boxes)
         if "masks" in pred:
             masks = np.asarray(pred["masks"])
@@ -186,6 +193,8 @@ def predict_dataset(model, dataset, batch_size=8, progress=False):
     Returns:
     - predictions: list of len(dataset) prediction dicts, in dataset order
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     predictions = []
     with tqdm(total=len(dataset), disable=not progress, desc="predict", unit="img") as bar:
         for start in range(0, len(dataset), batch_size):

@@ -141,19 +141,29 @@ def as_image_list(images):
 
 
 def check_targets(targets, n, image_size, num_classes):
-    """Validate training targets; returns them with boxes float32, labels int64, masks bool."""
+    """Validate training targets; returns them with boxes float32, labels int64, masks bool.
+
+    Boxes must be finite, inside the image (1 pixel of slack) and have x2 > x1, y2 > y1: an empty
+    or inverted ground-truth box has no regression target (log of its size), as in torchvision.
+    """
     if not isinstance(targets, (list, tuple)) or len(targets) != n:
         raise ValueError(f"targets: expected a list of {n} dicts (one per image), got "
                          f"{type(targets).__name__} of length {len(targets) if hasattr(targets, '__len__') else '?'}")
     h, w = image_size
     out = []
     for i, t in enumerate(targets):
+        if not isinstance(t, dict):
+            raise TypeError(f"targets[{i}]: expected a dict with 'boxes', 'labels', 'masks', got "
+                            f"{type(t).__name__}")
         for key in ("boxes", "labels", "masks"):
-            if not isinstance(t, dict) or key not in t:
+            if key not in t:
                 raise ValueError(f"targets[{i}]: expected a dict with 'boxes', 'labels', 'masks'; "
                                  f"'{key}' is missing")
-        boxes = np.asarray(t["boxes"], dtype=np.float32).reshape(-1, 4) if np.size(t["boxes"]) == 0 \
-            else np.asarray(t["boxes"], dtype=np.float32)
+        raw = np.asarray(t["boxes"])
+        if raw.size and not (np.issubdtype(raw.dtype, np.integer)
+                             or np.issubdtype(raw.dtype, np.floating)):
+            raise TypeError(f"targets[{i}]['boxes']: expected real numbers, got dtype {raw.dtype}")
+        boxes = raw.astype(np.float32).reshape(-1, 4) if raw.size == 0 else raw.astype(np.float32)
         labels = np.asarray(t["labels"])
         masks = np.asarray(t["masks"])
         m = boxes.shape[0]
@@ -161,8 +171,10 @@ def check_targets(targets, n, image_size, num_classes):
             raise ValueError(f"targets[{i}]['boxes']: expected shape (M, 4), got {boxes.shape}")
         if not np.all(np.isfinite(boxes)):
             raise ValueError(f"targets[{i}]['boxes']: expected finite values, got NaN or inf")
-        if m and (np.any(boxes[:, 2] < boxes[:, 0]) or np.any(boxes[:, 3] < boxes[:, 1])):
-            raise ValueError(f"targets[{i}]['boxes']: expected x2 >= x1 and y2 >= y1")
+        if m and (np.any(boxes[:, 2] <= boxes[:, 0]) or np.any(boxes[:, 3] <= boxes[:, 1])):
+            bad = int(np.flatnonzero((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))[0])
+            raise ValueError(f"targets[{i}]['boxes']: expected x2 > x1 and y2 > y1 (positive width "
+                             f"and height, as torchvision), got box {bad} = {boxes[bad].tolist()}")
         if m and (boxes.min() < -1 or np.any(boxes[:, 2] > w + 1) or np.any(boxes[:, 3] > h + 1)):
             raise ValueError(f"targets[{i}]['boxes']: expected boxes inside the {w}x{h} image, "
                              f"got range [{boxes.min():.1f}, {boxes.max():.1f}]")

@@ -151,6 +151,17 @@ def paste_masks(mask_probs, boxes, image_size, threshold=0.5):
     return out
 
 
+def mask_extents(masks, boxes):
+    """Tight boxes (x1, y1, x2 + 1, y2 + 1 in pixel edges) of binary masks; `boxes` where a mask
+    is empty. (D, H, W) bool, (D, 4) -> (D, 4) float32."""
+    out = boxes.astype(np.float32).copy()
+    for i, m in enumerate(masks):
+        cols, rows = np.flatnonzero(m.any(axis=0)), np.flatnonzero(m.any(axis=1))
+        if cols.size:
+            out[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return out
+
+
 def _softmax(x, axis):
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
@@ -379,6 +390,8 @@ class RoIHeads(Module):
             k = len(d["boxes"])
             if k:
                 d["masks"] = paste_masks(mask_probs[start:start + k], d["boxes"], image_size, cfg.mask_threshold)
+                if cfg.box_from_mask:
+                    d["boxes"] = mask_extents(d["masks"], d["boxes"])
             else:
                 d["masks"] = np.zeros((0, h, w), dtype=bool)
             start += k

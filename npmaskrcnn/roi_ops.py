@@ -68,8 +68,23 @@ def _threads_for(work):
         numba.set_num_threads(previous)
 
 
+_MAX_CELL = 2.0 ** 31     # |box coordinate * spatial_scale| must fit the kernels' int32 cell maths
+_MAX_SAMPLES = 1 << 22   # R * O * G sample points per axis of one roi_align call (memory guard)
+
+
+def _is_real_dtype(dtype):
+    """True for integer and floating dtypes (not bool, complex, str or object)."""
+    return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+
+
 def _check_roi_inputs(features, rois, output_size, spatial_scale):
     """Validate the arguments shared by the RoI ops; return them in kernel-ready form.
+
+    Everything a kernel indexes with is checked here, before any kernel runs: the kernels do no
+    bounds checks, so a bad batch index would read outside the feature array. Inverted boxes
+    (x2 < x1) are accepted and follow torchvision (see each op's docstring); NaN or inf box
+    coordinates are refused. Features may hold NaN or inf (a diverging network makes them; the
+    training loop reports the loss): averages propagate them, a max never picks a NaN.
 
     Returns features (C-contiguous), rois (R, 5) in the features' dtype, batch (R,) int64 and
     (OH, OW).
@@ -85,21 +100,44 @@ def _check_roi_inputs(features, rois, output_size, spatial_scale):
     if rois.ndim != 2 or rois.shape[1] != 5:
         raise ValueError(f"rois must have shape (R, 5) [batch_index, x1, y1, x2, y2], "
                          f"got {rois.shape}")
+    if not _is_real_dtype(rois.dtype):
+        raise TypeError(f"rois must hold real numbers (int or float), got dtype {rois.dtype}")
     if isinstance(output_size, (int, np.integer)):
         output_size = (output_size, output_size)
-    if (len(output_size) != 2 or not all(isinstance(s, (int, np.integer)) for s in output_size)
-            or min(output_size) < 1):
+    if (not isinstance(output_size, (tuple, list)) or len(output_size) != 2
+            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_))
+                       for s in output_size) or min(output_size) < 1):
         raise ValueError(f"output_size must be a positive int or (h, w) pair, got {output_size!r}")
-    if not (np.isfinite(spatial_scale) and spatial_scale > 0):
-        raise ValueError(f"spatial_scale must be a positive number, got {spatial_scale!r}")
+    if (isinstance(spatial_scale, (bool, np.bool_))
+            or not isinstance(spatial_scale, (int, float, np.integer, np.floating))
+            or not (np.isfinite(spatial_scale) and spatial_scale > 0)):
+        raise ValueError(f"spatial_scale must be a positive finite number, got {spatial_scale!r}")
     batch = rois[:, 0]
-    if rois.shape[0] and (np.any(batch != np.floor(batch)) or batch.min() < 0
-                          or batch.max() >= features.shape[0]):
+    if rois.shape[0] and (not np.all(np.isfinite(batch)) or np.any(batch != np.floor(batch))
+                          or batch.min() < 0 or batch.max() >= features.shape[0]):
         raise ValueError(f"rois[:, 0] must hold integer batch indices in [0, {features.shape[0]}), "
                          f"got values in [{batch.min()}, {batch.max()}]")
+    coords = rois[:, 1:].astype(np.float64)
+    if not np.all(np.isfinite(coords)):
+        raise ValueError("rois[:, 1:] must hold finite box coordinates, got NaN or inf")
+    if coords.size and np.abs(coords).max() * float(spatial_scale) >= _MAX_CELL:
+        raise ValueError(f"rois[:, 1:] times spatial_scale must stay below 2**31 in magnitude, "
+                         f"got {np.abs(coords).max() * float(spatial_scale):.3g}")
     rois = np.ascontiguousarray(rois, dtype=features.dtype)
     return (np.ascontiguousarray(features), rois, batch.astype(np.int64),
             (int(output_size[0]), int(output_size[1])))
+
+
+def _check_dout(dout, expected, dtype):
+    """Return dout as a C-contiguous array of `dtype`, or raise: the backward kernels index it
+    with the cache's RoI, channel and bin counts, so any other shape would read out of bounds."""
+    dout = np.asarray(dout)
+    if dout.shape != tuple(expected):
+        raise ValueError(f"dout must have the forward output's shape {tuple(expected)}, "
+                         f"got {dout.shape}")
+    if not _is_real_dtype(dout.dtype):
+        raise TypeError(f"dout must hold real numbers, got dtype {dout.dtype}")
+    return np.ascontiguousarray(dout, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +149,8 @@ def roi_pool_forward(features, rois, output_size, spatial_scale):
 
     The box is scaled and rounded (half away from zero) to cells [x1, x2] inclusive, its size is
     clamped to >= 1 cell, bin (ph, pw) covers rows floor(ph * h / OH) .. ceil((ph + 1) * h / OH)
-    (exclusive) from the box's first row, clipped to the map; an empty bin gives 0.
+    (exclusive) from the box's first row, clipped to the map; an empty bin gives 0. An inverted
+    box (x2 < x1 or y2 < y1) is accepted, as in torchvision: its size clamps to 1 cell at x1, y1.
 
     Inputs:
     - features: (N, C, H, W)
@@ -212,7 +251,7 @@ def roi_pool_backward(dout, cache):
     - dfeatures: (N, C, H, W)
     """
     shape, dtype, batch, argmax = cache
-    dout = np.ascontiguousarray(dout, dtype=dtype)
+    dout = _check_dout(dout, argmax.shape, dtype)
     with _threads_for(dout.size):
         return _roi_pool_backward_kernel(dout, batch, argmax, shape[0], shape[2], shape[3])
 
@@ -247,6 +286,12 @@ def roi_align_forward(features, rois, output_size, spatial_scale=1.0, sampling_r
     `bilinear_interpolate`). mode="avg" averages the G_h * G_w samples (zeros included);
     mode="max" takes the largest sample.
 
+    Inverted boxes (x2 < x1 or y2 < y1) are accepted with torchvision's semantics: with
+    aligned=False their size clamps to 1 cell; with aligned=True the size is negative, so the
+    adaptive grid has no samples and the output is 0 (a positive sampling_ratio samples the
+    mirrored bins, as torchvision does). Box coordinates must be finite (ValueError otherwise);
+    NaN in the features propagates through "avg" and is never picked by "max".
+
     Inputs:
     - features: (N, C, H, W)
     - rois: (R, 5) [batch_index, x1, y1, x2, y2] in image pixels
@@ -262,6 +307,14 @@ def roi_align_forward(features, rois, output_size, spatial_scale=1.0, sampling_r
     features, rois, batch, (oh, ow) = _check_roi_inputs(features, rois, output_size, spatial_scale)
     if mode not in ("avg", "max"):
         raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
+    if isinstance(sampling_ratio, (bool, np.bool_)) or not isinstance(sampling_ratio,
+                                                                     (int, np.integer)):
+        raise TypeError(f"sampling_ratio must be an int (<= 0 for adaptive), got "
+                        f"{sampling_ratio!r}")
+    if not isinstance(aligned, (bool, np.bool_)):
+        raise TypeError(f"aligned must be a bool, got {aligned!r}")
+    _check_sample_count(rois, spatial_scale, (oh, ow), int(sampling_ratio), aligned, mode,
+                        features.shape[1])
     _, _, h, w = features.shape
     scale = features.dtype.type(spatial_scale)
     ys_idx, ys_w, grid_h = _bilinear_samples(rois[:, 2] * scale, rois[:, 4] * scale, oh, h,
@@ -283,6 +336,34 @@ def roi_align_forward(features, rois, output_size, spatial_scale=1.0, sampling_r
     with _threads_for(rois.shape[0] * features.shape[1] * oh * ow):
         out = _roi_align_avg_forward_kernel(features_nhwc, batch, y0, ny, ay, x0, nx, ax)
     return out, ("avg", features.shape, features.dtype, batch, (y0, ny, ay, x0, nx, ax), None)
+
+
+def _check_sample_count(rois, spatial_scale, output_size, sampling_ratio, aligned, mode, n_ch):
+    """Refuse a call whose sample tables would not fit in memory, or whose max would not end.
+
+    The tables hold R * O * G points per axis, G the largest samples-per-bin of any RoI; with
+    adaptive sampling G grows with the box, so one absurdly large box (1e7 pixels) would ask for
+    gigabytes. The limit is far above any real image (1000 RoIs of 1333 px at stride 4 need 3e5).
+    mode="max" also visits every one of the G_h * G_w points of every bin (avg reads windows
+    clipped to the map), so there the kernel's work R * C * OH * G_h * OW * G_w is bounded too.
+    """
+    if rois.shape[0] == 0 or sampling_ratio > 0:
+        g_h = g_w = max(sampling_ratio, 1)
+    else:
+        scaled = rois[:, 1:].astype(np.float64) * float(spatial_scale)
+        extent = np.maximum(scaled[:, 2:] - scaled[:, :2], 0.0 if aligned else 1.0)   # (R, 2)
+        g_w = int(np.ceil(extent[:, 0].max() / output_size[1]))
+        g_h = int(np.ceil(extent[:, 1].max() / output_size[0]))
+    per_axis = rois.shape[0] * max(output_size[0] * max(g_h, 1), output_size[1] * max(g_w, 1))
+    if per_axis > _MAX_SAMPLES:
+        raise ValueError(f"rois: boxes too large for sampling_ratio={sampling_ratio}: the sample "
+                         f"tables would hold {per_axis} points per axis (limit {_MAX_SAMPLES}); "
+                         f"pass a positive sampling_ratio or smaller boxes")
+    work = n_ch * rois.shape[0] * output_size[0] * max(g_h, 1) * output_size[1] * max(g_w, 1)
+    if mode == "max" and work > _MAX_SAMPLES << 7:
+        raise ValueError(f"rois: boxes too large for mode='max' with sampling_ratio="
+                         f"{sampling_ratio}: {work} samples to visit (limit {_MAX_SAMPLES << 7}); "
+                         f"pass a smaller sampling_ratio or smaller boxes")
 
 
 def _bilinear_samples(start, end, out_len, size, sampling_ratio, aligned):
@@ -427,7 +508,11 @@ def roi_align_backward(dout, cache):
     - dfeatures: (N, C, H, W)
     """
     mode, shape, dtype, batch, tables, argmax = cache
-    dout = np.ascontiguousarray(dout, dtype=dtype)
+    if mode == "max":
+        expected = argmax.shape
+    else:
+        expected = (batch.shape[0], shape[1], tables[0].shape[1], tables[3].shape[1])
+    dout = _check_dout(dout, expected, dtype)
     with _threads_for(dout.size):
         if mode == "max":
             return _roi_align_max_backward_kernel(dout, batch, *tables, argmax, shape[0], shape[2],
@@ -552,6 +637,10 @@ def multilevel_roi_forward(features_per_level, rois, output_size, scales, sampli
     if rois.ndim != 2 or rois.shape[1] != 5:
         raise ValueError(f"rois must have shape (R, 5) [batch_index, x1, y1, x2, y2], "
                          f"got {rois.shape}")
+    if not _is_real_dtype(rois.dtype):
+        raise TypeError(f"rois must hold real numbers (int or float), got dtype {rois.dtype}")
+    if not np.all(np.isfinite(rois)):
+        raise ValueError("rois must hold finite values, got NaN or inf")   # else no level gets it
     levels = assign_fpn_levels(rois[:, 1:], k_min, k_max, canonical_size, canonical_level)
     out, level_caches = None, []
     for lvl, (features, scale) in enumerate(zip(features_per_level, scales)):

@@ -194,6 +194,23 @@ class ShapesDataset:
     def __init__(self, num_images, seed, image_size=128, min_shapes=1, max_shapes=4,
                  min_size=16, max_size=64, min_visible_fraction=0.3):
         """Inputs: as the attributes; sizes in pixels. Returns: the dataset (nothing is drawn yet)."""
+        def is_int(v):
+            return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+        def is_num(v):
+            return is_int(v) or (isinstance(v, (float, np.floating)) and np.isfinite(v))
+
+        for name, v, least in (("num_images", num_images, 0), ("seed", seed, 0),
+                               ("image_size", image_size, 1), ("min_shapes", min_shapes, 1),
+                               ("max_shapes", max_shapes, 1)):
+            if not is_int(v) or v < least:
+                raise ValueError(f"{name}: expected an int >= {least}, got {v!r}")
+        for name, v in (("min_size", min_size), ("max_size", max_size)):
+            if not is_num(v):
+                raise ValueError(f"{name}: expected a finite number of pixels, got {v!r}")
+        if not is_num(min_visible_fraction) or not 0 <= min_visible_fraction <= 1:
+            raise ValueError(f"min_visible_fraction: expected a number in [0, 1], got "
+                             f"{min_visible_fraction!r}")
         if not 1 <= min_shapes <= max_shapes:
             raise ValueError(f"need 1 <= min_shapes <= max_shapes, got {min_shapes}, {max_shapes}")
         if not 0 < min_size <= max_size <= image_size:
