@@ -13,7 +13,9 @@ Generation of one image:
 2) paint in drawing order, later shapes on top; going from the top shape down, a shape keeps
    only the pixels not covered by the kept shapes above it, and is dropped (not painted at all)
    when that visible part falls below `min_visible_fraction` of its full area or below
-   `MIN_VISIBLE_PIXELS`; the top shape is never occluded, so an image always has an instance;
+   `MIN_VISIBLE_PIXELS`; the top shape is never occluded, so an image always has an instance.
+   The default keeps shapes at least half visible: below that a square, a circle and a triangle
+   leave fragments that no longer say which they were, and the class label becomes noise;
 3) boxes are the extents of the visible masks.
 
 Image i comes from `np.random.default_rng([seed, i])`: the data are the same on any machine and
@@ -106,7 +108,7 @@ def masks_to_boxes(masks):
 
 
 def generate_shapes_image(rng, image_size=128, min_shapes=1, max_shapes=4, min_size=16,
-                          max_size=64, min_visible_fraction=0.3):
+                          max_size=64, min_visible_fraction=0.5):
     """Draw one shapes image and its instances (steps 1-3 of the module docstring).
 
     Inputs:
@@ -192,7 +194,7 @@ class ShapesDataset:
     """
 
     def __init__(self, num_images, seed, image_size=128, min_shapes=1, max_shapes=4,
-                 min_size=16, max_size=64, min_visible_fraction=0.3):
+                 min_size=16, max_size=64, min_visible_fraction=0.5):
         """Inputs: as the attributes; sizes in pixels. Returns: the dataset (nothing is drawn yet)."""
         def is_int(v):
             return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
