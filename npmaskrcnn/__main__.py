@@ -354,7 +354,8 @@ def add_train_args(p):
                         "its categories set the class names and num_classes")
     p.add_argument("--images", metavar="DIR", help="image folder of --data (default: beside the JSON)")
     p.add_argument("--val-data", metavar="INSTANCES_JSON",
-                   help="COCO-format validation set for --eval-every (default with shapes: "
+                   help="COCO-format validation set for --eval-every (without it, --data runs skip the "
+                        "periodic evaluation; default with shapes: "
                         f"{VAL_IMAGES_DURING_TRAINING} shapes images of seed {VAL_SEED})")
     p.add_argument("--val-images", metavar="DIR", help="image folder of --val-data")
     p.add_argument("--eval-every", type=int, default=500, metavar="N",
@@ -405,9 +406,7 @@ def cmd_train(args):
         if class_names is not None and tuple(val.class_names) != tuple(class_names):
             raise CLIError(f"--val-data: its classes {val.class_names} differ from --data's "
                            f"{class_names}")
-    elif args.eval_every:
-        if args.data is not None:
-            raise CLIError("--eval-every: with --data, also pass --val-data")
+    elif args.eval_every and args.data is None:
         val = shapes_dataset(VAL_IMAGES_DURING_TRAINING, VAL_SEED, cfg.image_size)
     if args.resume and base != cfg:
         raise CLIError("--resume: the options change the checkpoint's config; resume with the "

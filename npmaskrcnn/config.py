@@ -190,6 +190,7 @@ class Config:
         fraction("box_score_thresh", lo_open=False)
         fraction("box_nms_thresh", lo_open=False)
         pos_int("detections_per_img")
+        flag("box_from_mask")
         fraction("mask_threshold", lo_open=False)
         # training
         pos_int("seed", least=0)

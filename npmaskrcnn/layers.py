@@ -439,7 +439,7 @@ def linear_forward(x, w, b):
     - out: (N, out_features)
     - cache: for linear_backward
     """
-    x2 = x.reshape(x.shape[0], -1)  # (N, D)
+    x2 = x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # (N, D); explicit D so N = 0 works
     out = x2 @ w.T
     if b is not None:
         out += b

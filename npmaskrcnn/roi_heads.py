@@ -273,7 +273,7 @@ class RoIHeads(Module):
         r = rois.shape[0]
         loss_cls, dclass_logits = softmax_cross_entropy(class_logits, labels)
         pos = np.flatnonzero(labels > 0)
-        deltas = box_deltas.reshape(r, -1, 4)
+        deltas = box_deltas.reshape(r, cfg.num_classes + 1, 4)
         loss_box, dpos = smooth_l1(deltas[pos, labels[pos]], reg_targets[pos], beta=1.0 / 9,
                                    normalizer=max(r, 1))
         dbox_deltas = np.zeros_like(deltas)
@@ -290,7 +290,7 @@ class RoIHeads(Module):
                                              mask_logits.shape[-1])
             loss_mask, dmask_logits = self.mask_loss(mask_logits, mask_targets, labels[mask_idx])
             mask_state = (mask_pool_cache, dmask_logits)
-        self._push((box_pool_cache, dclass_logits, dbox_deltas.reshape(r, -1), mask_state,
+        self._push((box_pool_cache, dclass_logits, dbox_deltas.reshape(r, 4 * (cfg.num_classes + 1)), mask_state,
                     len(features)))
         return None, {"loss_classifier": float(loss_cls), "loss_box_reg": float(loss_box),
                       "loss_mask": float(loss_mask)}
@@ -345,8 +345,14 @@ class RoIHeads(Module):
             ch = np.zeros(d, np.int64) if agnostic else labels - 1
             x = mask_logits[np.arange(d), ch]
             return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
+        # softmax: a pixel belongs to the mask when its own class wins the per-pixel argmax, so
+        # return p_k / (p_k + max_{j != k} p_j), which is > 0.5 exactly then (with 4 channels p_k
+        # itself can win while staying below 0.5)
         ch = np.ones(d, np.int64) if agnostic else labels
-        return _softmax(mask_logits, axis=1)[np.arange(d), ch]
+        p = _softmax(mask_logits, axis=1)
+        own = p[np.arange(d), ch]
+        p[np.arange(d), ch] = -1.0
+        return own / (own + p.max(axis=1))
 
     # ---- inference ------------------------------------------------------------------------
     def predict(self, features, proposals, image_size):
@@ -360,7 +366,7 @@ class RoIHeads(Module):
         class_logits, box_deltas = self.box_predictor(self.box_head(box_feats))
         # 1) per-class scores and boxes
         probs = _softmax(class_logits, axis=1)                                  # (R, K+1)
-        boxes = self.box_coder.decode(box_deltas, rois[:, 1:]).reshape(rois.shape[0], -1, 4)
+        boxes = self.box_coder.decode(box_deltas, rois[:, 1:]).reshape(rois.shape[0], cfg.num_classes + 1, 4)
         boxes = clip_boxes(boxes.reshape(-1, 4), image_size).reshape(boxes.shape)
         detections = []
         for i in range(n):

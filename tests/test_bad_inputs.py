@@ -392,9 +392,10 @@ def test_load_model_refuses_object_arrays_and_non_archives(tmp_path, checkpoint_
     ("mask_threshold", 1.5), ("seed", -1), ("batch_size", 0), ("train_steps", 0),
     ("optimizer", "adam"), ("lr", 0.0), ("lr", float("inf")), ("momentum", 1.0),
     ("weight_decay", -1e-4), ("warmup_steps", -1), ("schedule", "linear"), ("grad_clip", -1.0),
-    ("hflip", None), ("lr", "fast"),
+    ("hflip", None), ("lr", "fast"), ("box_from_mask", "yes"),
 ])
 def test_config_refuses_out_of_range_fields(field, value):
+    # every field of Config must appear in this list (a new field needs a range check)
     # a field checked together with another (rpn_bg_iou with rpn_fg_iou) is named in the message
     with pytest.raises(ValueError, match=rf"Config\.{field}: expected|Config\.\w+: expected .*{field}"):
         Config.tiny(**{field: value})
@@ -442,3 +443,13 @@ def test_nothing_in_the_package_unpickles_or_evals():
         assert not bad, (path, bad)
         if "np.load(" in text:
             assert text.count("np.load(") == text.count("allow_pickle=False"), path
+
+
+def test_every_config_field_is_range_checked():
+    import dataclasses
+    import inspect
+
+    source = inspect.getsource(Config.validate)
+    unchecked = [f.name for f in dataclasses.fields(Config)
+                 if f'"{f.name}"' not in source and f"self.{f.name} " not in source]
+    assert not unchecked, f"Config.validate does not check {unchecked}"

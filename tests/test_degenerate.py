@@ -117,12 +117,6 @@ def test_zero_proposals_in_training_with_ground_truth():
     assert all(math.isfinite(row[k]) for k in LOSS_KEYS)
 
 
-ZERO_ROIS_BUG = ("zero RoIs reach the box head: layers.linear_forward reshapes with -1 "
-                 "(x.reshape(N, -1) fails for N = 0), and roi_heads reshapes box deltas with -1 "
-                 "(roi_heads.py forward and predict); outside this test's files, reported")
-
-
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=ZERO_ROIS_BUG)
 def test_zero_proposals_in_predict():
     image, tgt = instances([(4, 4, 28, 28)])
     model = MaskRCNN(Config.tiny(rpn_min_size=1e6))
@@ -132,7 +126,6 @@ def test_zero_proposals_in_predict():
         assert pred["scores"].shape == (0,)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=ZERO_ROIS_BUG)
 def test_zero_rois_in_training():
     # no ground truth and no proposals: the box head gets zero RoIs
     train_and_predict([blank()], [no_instances()], rpn_min_size=1e6)
