@@ -300,3 +300,22 @@ def draw_loss_curves(rows, title="training losses", window=None):
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return fig
+
+
+def load_shipped_model():
+    """The model the walkthroughs explain, in eval mode, and the word "trained" or "untrained".
+
+    `$NPMASKRCNN_MODEL` or `data/shapes_maskrcnn.npz`; when the file is missing, an untrained
+    `MaskRCNN(Config())` (the figures then say so).
+    """
+    from .checkpoint import load_model
+    from .config import Config
+    from .model import MaskRCNN
+
+    path = os.environ.get("NPMASKRCNN_MODEL") or os.path.join(REPO_ROOT, "data", "shapes_maskrcnn.npz")
+    if os.path.exists(path):
+        model, trained = load_model(path), "trained"
+    else:
+        print(f"no model at {path}: using an untrained MaskRCNN(Config())")
+        model, trained = MaskRCNN(Config()), "untrained"
+    return model.eval(), trained

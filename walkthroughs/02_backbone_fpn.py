@@ -28,9 +28,6 @@ except ImportError:  # a checkout without `pip install -e .`: use the repo this 
     sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
 
 from npmaskrcnn import layers, viz
-from npmaskrcnn.checkpoint import load_model
-from npmaskrcnn.config import Config
-from npmaskrcnn.model import MaskRCNN
 from npmaskrcnn.shapes import ShapesDataset
 from npmaskrcnn.viz import log, save_figure
 
@@ -39,13 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (viz has selected the Agg backend
 args = viz.parse_walkthrough_args()
 print("figures go to", args.out, "(fast mode)" if args.fast else "")
 
-MODEL_PATH = os.environ.get("NPMASKRCNN_MODEL") or os.path.join(viz.REPO_ROOT, "data", "shapes_maskrcnn.npz")
-if os.path.exists(MODEL_PATH):
-    model, trained = load_model(MODEL_PATH), "trained"
-else:
-    print(f"no model at {MODEL_PATH}: using an untrained MaskRCNN(Config())")
-    model, trained = MaskRCNN(Config()), "untrained"
-model.eval()
+model, trained = viz.load_shipped_model()
 print(f"{trained} model, config: image_size {model.config.image_size}, stage_channels "
       f"{model.config.stage_channels}, fpn_channels {model.config.fpn_channels}")
 

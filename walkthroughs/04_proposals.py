@@ -29,9 +29,6 @@ except ImportError:  # a checkout without `pip install -e .`: use the repo this 
 
 from npmaskrcnn import viz
 from npmaskrcnn.boxes import batched_nms, box_iou, clip_boxes, remove_small_boxes
-from npmaskrcnn.checkpoint import load_model
-from npmaskrcnn.config import Config
-from npmaskrcnn.model import MaskRCNN
 from npmaskrcnn.rpn import STRIDES, flatten_head_outputs
 from npmaskrcnn.shapes import ShapesDataset
 from npmaskrcnn.viz import log, save_figure
@@ -41,13 +38,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (viz has selected the Agg backend
 args = viz.parse_walkthrough_args()
 print("figures go to", args.out, "(fast mode)" if args.fast else "")
 
-MODEL_PATH = os.environ.get("NPMASKRCNN_MODEL") or os.path.join(viz.REPO_ROOT, "data", "shapes_maskrcnn.npz")
-if os.path.exists(MODEL_PATH):
-    model, trained = load_model(MODEL_PATH), "trained"
-else:
-    print(f"no model at {MODEL_PATH}: using an untrained MaskRCNN(Config())")
-    model, trained = MaskRCNN(Config()), "untrained"
-model.eval()
+model, trained = viz.load_shipped_model()
 cfg, rpn = model.config, model.rpn
 print(f"{trained} model; test-time RPN: top {cfg.rpn_pre_nms_top_n_test} per level before NMS "
       f"(IoU {cfg.rpn_nms_thresh}), {cfg.rpn_post_nms_top_n_test} proposals kept per image")

@@ -27,10 +27,8 @@ except ImportError:  # a checkout without `pip install -e .`: use the repo this 
     sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
 
 from npmaskrcnn import viz
-from npmaskrcnn.checkpoint import load_model
 from npmaskrcnn.config import Config
 from npmaskrcnn.evaluate import evaluate_predictions, format_metrics, predict_dataset
-from npmaskrcnn.model import MaskRCNN
 from npmaskrcnn.shapes import ShapesDataset
 from npmaskrcnn.viz import log, save_figure
 
@@ -39,13 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (viz has selected the Agg backend
 args = viz.parse_walkthrough_args()
 print("figures go to", args.out, "(fast mode)" if args.fast else "")
 
-MODEL_PATH = os.environ.get("NPMASKRCNN_MODEL") or os.path.join(viz.REPO_ROOT, "data", "shapes_maskrcnn.npz")
-if os.path.exists(MODEL_PATH):
-    model, trained = load_model(MODEL_PATH), "trained"
-else:
-    print(f"no model at {MODEL_PATH}: using an untrained MaskRCNN(Config())")
-    model, trained = MaskRCNN(Config()), "untrained"
-model.eval()
+model, trained = viz.load_shipped_model()
 SHOW_SCORE = 0.5                                            # detections drawn in the pictures
 
 # %% [markdown]
