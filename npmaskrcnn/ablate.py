@@ -68,12 +68,13 @@ def base_config(steps, stride, seed):
 def results_table(results, stride):
     """Markdown table of the results beside the paper's numbers."""
     paper = PAPER.get(stride, {})
-    lines = ["| variant | box AP | mask AP | mask AP50 | mask AP75 | train s | paper mask AP / AP50 / AP75 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | box AP | box AP50 | box AP75 | mask AP | mask AP50 | mask AP75 | train s | "
+             "paper mask AP / AP50 / AP75 |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         b, s = r["bbox"], r["segm"]
-        lines.append(f"| {name} | {100 * b['AP']:.1f} | {100 * s['AP']:.1f} | {100 * s['AP50']:.1f} | "
-                     f"{100 * s['AP75']:.1f} | {r['train_seconds']:.0f} | {paper.get(name, '—')} |")
+        lines.append(f"| {name} | {100 * b['AP']:.1f} | {100 * b['AP50']:.1f} | {100 * b['AP75']:.1f} | "
+                     f"{100 * s['AP']:.1f} | {100 * s['AP50']:.1f} | {100 * s['AP75']:.1f} | "
+                     f"{r['train_seconds']:.0f} | {paper.get(name, '—')} |")
     return "\n".join(lines)
 
 
