@@ -14,7 +14,8 @@ package (besides `viz.log`) that prints. Heavy imports happen inside the command
 is fast.
 
 Subcommands that live in their own module plug in through PLUGIN_COMMANDS: `ablate` is one.
-Its module `npmaskrcnn/ablate.py` defines `add_arguments(parser)` and `run(args) -> exit code`,
+Its module `npmaskrcnn/ablate.py` defines `add_arguments(parser)` and `run(args, log) -> exit code`
+(`log` is the CLI's print: the library itself never prints),
 raising ValueError / FileNotFoundError / PermissionError with a message naming the argument for
 user errors (printed as one line, exit code 2); once that file exists, `python -m npmaskrcnn
 ablate` works without editing this file.
@@ -643,10 +644,11 @@ def plugin_commands():
 
 
 def _user_errors_to_cli(run):
-    """Inputs: a plugin's run(args). Returns: it, with ValueError / OSError raised as CLIError."""
+    """Inputs: a plugin's run(args, log). Returns: run(args) printing through `print`, with
+    ValueError / OSError raised as CLIError."""
     def wrapped(args):
         try:
-            return run(args)
+            return run(args, print)
         except (ValueError, FileNotFoundError, PermissionError) as e:
             raise CLIError(str(e)) from None
     return wrapped

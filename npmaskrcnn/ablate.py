@@ -78,7 +78,8 @@ def results_table(results, stride):
     return "\n".join(lines)
 
 
-def run(args):
+def run(args, log):
+    """The `ablate` command: train and score each variant, write the table. `log` prints progress."""
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -98,9 +99,9 @@ def run(args):
         metrics = evaluate_model(model, val)
         results[name] = {"config": VARIANTS[name], "train_seconds": seconds,
                          **{t: {k: metrics[t][k] for k in ("AP", "AP50", "AP75")} for t in ("bbox", "segm")}}
-        print(f"{name}: box AP {100 * metrics['bbox']['AP']:.1f}, mask AP {100 * metrics['segm']['AP']:.1f} "
+        log(f"{name}: box AP {100 * metrics['bbox']['AP']:.1f}, mask AP {100 * metrics['segm']['AP']:.1f} "
               f"/ {100 * metrics['segm']['AP50']:.1f} / {100 * metrics['segm']['AP75']:.1f} "
-              f"({seconds:.0f} s)", flush=True)
+              f"({seconds:.0f} s)")
         if name in ("roi_align", "roi_pool"):
             save_model(model, os.path.join(args.save_dir, f"{name}.npz"))
     table = results_table(results, args.stride)
@@ -113,5 +114,5 @@ def run(args):
                        "eval_images": args.eval_images, "results": results}, f, indent=1)
         with open(os.path.join(folder, "results.md"), "w") as f:
             f.write(header + table + "\n")
-    print(table)
+    log(table)
     return 0
