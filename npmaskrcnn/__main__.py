@@ -364,6 +364,10 @@ def add_train_args(p):
     p.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
                    help="write OUT/checkpoint.npz every N steps (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes computing the gradient shards (config grad_shards) in parallel; "
+                        "the result does not depend on it (default: one per core, at most "
+                        "grad_shards)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -372,11 +376,12 @@ def cmd_train(args):
     from .checkpoint import load_checkpoint
     from .train import TrainingDiverged, train
 
-    for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
+    for name in ("steps", "batch_size", "workers", "eval_every", "checkpoint_every"):
         v = getattr(args, name)
-        if v is not None and v < (1 if name in ("steps", "batch_size") else 0):
+        positive = name in ("steps", "batch_size", "workers")
+        if v is not None and v < (1 if positive else 0):
             raise CLIError(f"--{name.replace('_', '-')}: expected a "
-                           f"{'positive' if name in ('steps', 'batch_size') else 'non-negative'} "
+                           f"{'positive' if positive else 'non-negative'} "
                            f"integer, got {v}")
     if args.images is not None and args.data is None:
         raise CLIError("--images: only meaningful with --data")
@@ -422,7 +427,8 @@ def cmd_train(args):
     try:
         train(cfg, out, dataset=dataset, val_dataset=val, class_names=class_names,
               eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-              resume=args.resume, progress=not args.no_progress, log=print)
+              resume=args.resume, progress=not args.no_progress, log=print,
+              workers=args.workers or min(os.cpu_count() or 1, cfg.grad_shards))
     except TrainingDiverged as e:
         print(f"error: training diverged: {e}", file=sys.stderr)
         return 2

@@ -51,6 +51,10 @@ class Config:
     box_batch_size_per_image: int = 128   # RoIs sampled per image (paper: 512)
     box_positive_fraction: float = 0.25   # paper: 1:3 positives
     bbox_reg_weights: tuple = (10.0, 10.0, 5.0, 5.0)  # delta scaling (torchvision)
+    box_reg_loss_weight: float = 1.0      # multiplies the box head's smooth L1 loss
+    box_jitter_per_gt: int = 0            # training: jittered copies of each gt box added to the
+    box_jitter: float = 0.15              # proposals (more positives); jitter amount (see
+    #                                       roi_heads.jitter_boxes). Not in the paper
     pooler: str = "roi_align"             # roi_align | roi_align_unaligned | roi_align_max | roi_pool
     pooler_levels: tuple = (2, 3, 4, 5)   # FPN levels the RoI heads pool from; (4,) = stride 16 only
     pooler_sampling_ratio: int = 2        # bilinear samples per bin side (torchvision: 2)
@@ -72,11 +76,15 @@ class Config:
     detections_per_img: int = 100         # paper: top 100
     mask_threshold: float = 0.5           # paper
     box_from_mask: bool = False           # report the tight box of the pasted mask (not in the paper)
+    box_refine: bool = True               # run the box head again on its own boxes and average the
+    #                                       two (iterative box regression; not in the paper)
 
     # ---- training ----
     seed: int = 0                         # seeds initialisation, data and sampling
     batch_size: int = 4                   # images per step
-    train_steps: int = 2600               # optimizer steps (about 13 minutes on one core)
+    grad_shards: int = 2                  # the batch's gradient is the mean of this many shards
+    #                                       (parallel.py), each computable by its own process
+    train_steps: int = 4000               # optimizer steps (about 13 minutes on two cores)
     optimizer: str = "adamw"              # adamw | sgd
     lr: float = 2e-3                      # peak learning rate
     momentum: float = 0.9                 # SGD only
@@ -191,10 +199,14 @@ class Config:
         fraction("box_nms_thresh", lo_open=False)
         pos_int("detections_per_img")
         flag("box_from_mask")
+        flag("box_refine")
         fraction("mask_threshold", lo_open=False)
         # training
         pos_int("seed", least=0)
         pos_int("batch_size")
+        pos_int("grad_shards")
+        need(self.batch_size % self.grad_shards == 0, "grad_shards",
+             f"a divisor of batch_size ({self.batch_size})")
         pos_int("train_steps")
         need(self.optimizer in ("adamw", "sgd"), "optimizer", "'adamw' or 'sgd'")
         need(is_num(self.lr) and self.lr > 0, "lr", "a positive number")
@@ -204,6 +216,10 @@ class Config:
         pos_int("warmup_steps", least=0)
         need(self.schedule in ("cosine", "step", "constant"), "schedule",
              "'cosine', 'step' or 'constant'")
+        need(is_num(self.box_reg_loss_weight) and self.box_reg_loss_weight > 0,
+             "box_reg_loss_weight", "a positive number")
+        pos_int("box_jitter_per_gt", least=0)
+        need(is_num(self.box_jitter) and 0 <= self.box_jitter <= 1, "box_jitter", "a number in [0, 1]")
         need(is_num(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number >= 0 (0 = off)")
         flag("hflip")
 
@@ -221,7 +237,8 @@ class Config:
                   rpn_batch_size_per_image=32, rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20,
                   rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20,
                   box_batch_size_per_image=16, canonical_size=28.0, box_pool_size=3, box_fc_dim=8,
-                  mask_pool_size=4, mask_channels=4, mask_num_convs=2, max_mask_rois_per_image=4)
+                  mask_pool_size=4, mask_channels=4, mask_num_convs=2, max_mask_rois_per_image=4,
+                  grad_shards=1)
         kw.update(overrides)
         return cls(**kw)
 

@@ -27,6 +27,7 @@ import numpy as np
 from .checkpoint import load_checkpoint, save_model
 from .model import MaskRCNN
 from .optim import SGD, AdamW, clip_grad_norm, lr_at
+from .parallel import ShardedGradients
 from .shapes import ShapesDataset
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
@@ -56,13 +57,17 @@ def batch_indices(step, batch_size, n, seed):
     return out
 
 
-def get_batch(dataset, step, cfg):
-    """(images, targets) of one step, with random horizontal flips."""
+def get_batch(dataset, step, cfg, shard=None):
+    """(images, targets) of one step, with random horizontal flips; only shard `shard`'s
+    images (the j-th of cfg.grad_shards equal slices of the batch) if given."""
     images, targets = [], []
-    rng = np.random.default_rng([cfg.seed, 3, step])
-    for i in batch_indices(step, cfg.batch_size, len(dataset), cfg.seed):
-        image, target = dataset[i]
-        if cfg.hflip and rng.random() < 0.5:
+    indices = batch_indices(step, cfg.batch_size, len(dataset), cfg.seed)
+    flips = np.random.default_rng([cfg.seed, 3, step]).random(cfg.batch_size) < 0.5
+    per = cfg.batch_size // cfg.grad_shards
+    chosen = range(len(indices)) if shard is None else range(shard * per, (shard + 1) * per)
+    for j in chosen:
+        image, target = dataset[indices[j]]
+        if cfg.hflip and flips[j]:
             image, target = hflip(image, target)
         images.append(image)
         targets.append(target)
@@ -76,19 +81,28 @@ def make_optimizer(model, cfg):
 
 
 def train_step(model, opt, images, targets, step, cfg):
-    """One optimizer step. Returns the row of the log (dict) or raises TrainingDiverged."""
+    """One optimizer step on the given batch, as one shard. Returns the row of the log (dict)
+    or raises TrainingDiverged. (`train` computes the gradient with `parallel.ShardedGradients`.)"""
     t0 = time.perf_counter()
     model.rng = np.random.default_rng([cfg.seed, 2, step])
-    opt.lr = lr_at(step, cfg.lr, cfg.train_steps, cfg.warmup_steps, cfg.schedule)
     model.zero_grad()
     losses = model.forward(images, targets)
+    if all(math.isfinite(v) for v in losses.values()):
+        model.backward()
+    else:
+        model.clear_caches()
+    return apply_step(model, opt, losses, step, cfg, t0)
+
+
+def apply_step(model, opt, losses, step, cfg, t0):
+    """Check the losses, clip the gradient in the model's grads and take the optimizer step.
+    Returns the row of the log (dict) or raises TrainingDiverged."""
+    opt.lr = lr_at(step, cfg.lr, cfg.train_steps, cfg.warmup_steps, cfg.schedule)
     total = sum(losses.values())
     if not all(math.isfinite(v) for v in losses.values()):
-        model.clear_caches()
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
         raise TrainingDiverged(f"step {step}: loss is not finite ({bad}); stopping. The last "
                                "good checkpoint is kept; lower the learning rate or resume from it.")
-    model.backward()
     gnorm = clip_grad_norm(model, cfg.grad_clip)
     if not math.isfinite(gnorm):
         raise TrainingDiverged(f"step {step}: gradient norm is not finite; stopping. The last "
@@ -140,7 +154,7 @@ def read_log(path):
 
 
 def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_every=0,
-          checkpoint_every=500, resume=False, stop_at=None, progress=True, log=None):
+          checkpoint_every=500, resume=False, stop_at=None, progress=True, log=None, workers=1):
     """Train a MaskRCNN from scratch (or resume) and return (model, rows of the log).
 
     Inputs:
@@ -151,6 +165,8 @@ def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_e
     - resume: continue from out_dir/checkpoint.npz (same config required)
     - stop_at: stop (with a checkpoint) before this step, as if interrupted; for tests
     - log: callable for progress messages (the CLI passes print); None = silent
+    - workers: processes computing the cfg.grad_shards gradient shards (see parallel.py); the
+      result does not depend on it
     """
     os.makedirs(out_dir, exist_ok=True)
     if not os.access(out_dir, os.W_OK):
@@ -188,10 +204,14 @@ def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_e
     model.train()
     logf = open(log_path, "a", newline="")
     writer = csv.DictWriter(logf, fieldnames=fields)
+    engine = None
     try:
+        engine = ShardedGradients(model, cfg, dataset, val_dataset if eval_every else None,
+                                  workers=workers if start < end else 1)
         for step in range(start, end):
-            images, targets = get_batch(dataset, step, cfg)
-            row = train_step(model, opt, images, targets, step, cfg)
+            t0 = time.perf_counter()
+            losses, _ = engine.compute(step)
+            row = apply_step(model, opt, losses, step, cfg, t0)
             rows.append(row)
             writer.writerow(row)
             if (step + 1) % 50 == 0:
@@ -204,8 +224,8 @@ def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_e
                 logf.flush()
                 save_training_checkpoint(model, opt, done, ckpt_path)
             if eval_every and val_dataset is not None and done % eval_every == 0:
-                from .evaluate import evaluate_model
-                metrics = evaluate_model(model, val_dataset)
+                from .evaluate import evaluate_predictions
+                metrics = evaluate_predictions(engine.predict_dataset(val_dataset), val_dataset)
                 summary = {"step": done, "train_seconds": sum(r["seconds"] for r in rows),
                            **{f"{t}_{k}": metrics[t][k] for t in ("bbox", "segm")
                               for k in ("AP", "AP50", "AP75")}}
@@ -215,6 +235,8 @@ def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_e
                                                  if k not in ("step", "train_seconds")))
                 model.train()
     finally:
+        if engine is not None:
+            engine.close()
         logf.close()
         if bar is not None:
             bar.close()

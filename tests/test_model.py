@@ -183,3 +183,64 @@ def test_overfit_two_images():
             inter = np.logical_and(mask, det["masks"][j]).sum()
             union = np.logical_or(mask, det["masks"][j]).sum()
             assert inter / union > 0.8
+
+
+def test_box_refine_averages_a_second_look_of_the_box_head():
+    """box_refine: final box = mean of the first detection box and the box head's decode of it."""
+    from npmaskrcnn.boxes import clip_boxes
+
+    images, _ = tiny_batch(1, seed=5)
+    model = MaskRCNN(Config.tiny(box_refine=False))
+    randomize(model, np.random.default_rng(0))
+    first = model.predict(images)[0]
+    assert len(first["boxes"]) > 0
+    model.config.box_refine = model.roi_heads.cfg.box_refine = True
+    second = model.predict(images)[0]
+    np.testing.assert_array_equal(second["labels"], first["labels"])
+    np.testing.assert_array_equal(second["scores"], first["scores"])
+    # the second look, by hand
+    heads, b = model.roi_heads, first["boxes"]
+    x, image_size = model.preprocess(images)
+    feats, _ = heads.pool(model.backbone(x)[:4], np.concatenate([np.zeros((len(b), 1), b.dtype), b], 1),
+                          model.config.box_pool_size)
+    _, deltas = heads.box_predictor(heads.box_head(feats))
+    deltas = deltas.reshape(len(b), -1, 4)[np.arange(len(b)), first["labels"]]
+    again = clip_boxes(heads.box_coder.decode(deltas, b).reshape(-1, 4), image_size)
+    np.testing.assert_allclose(second["boxes"], 0.5 * (b + again), rtol=1e-5, atol=1e-4)
+    assert not np.allclose(second["boxes"], b)               # it did move them
+    assert second["masks"].shape == first["masks"].shape     # masks come from the final boxes
+
+
+def test_jitter_boxes_hand_case_and_distribution():
+    from npmaskrcnn.roi_heads import jitter_boxes
+
+    b = np.array([[10, 10, 30, 30], [40, 40, 100, 90]], np.float32)
+    assert jitter_boxes(b, 3, 0.0, np.random.default_rng(0)).tolist() == np.repeat(b, 3, 0).tolist()
+    j = jitter_boxes(b, 500, 0.1, np.random.default_rng(1))
+    assert j.shape == (1000, 4) and j.dtype == np.float32
+    iou = np.concatenate([box_iou(b[:1], j[:500])[0], box_iou(b[1:], j[500:])[0]])
+    assert iou.min() > 0.6 and np.median(iou) > 0.75              # close copies, positives
+    centre_shift = (0.5 * (j[:500, :2] + j[:500, 2:]) - 20.0) / 20.0
+    assert np.abs(centre_shift).max() <= 0.1 + 1e-6
+
+
+def test_box_jitter_adds_positive_rois_and_reg_weight_scales_the_box_loss():
+    images, targets = tiny_batch(2, seed=4)
+
+    def sample(**kw):
+        model = MaskRCNN(Config.tiny(box_batch_size_per_image=64, **kw))   # room for 16 positives
+        model.train()
+        props = [np.zeros((0, 4), np.float32)] * 2                  # the ground truth alone
+        _, labels, *_ = model.roi_heads.sample_proposals(props, targets, np.random.default_rng(0))
+        return int((labels > 0).sum())
+
+    n_gt = sum(len(t["boxes"]) for t in targets)
+    assert sample() == n_gt
+    assert sample(box_jitter_per_gt=4) == 5 * n_gt                # each copy at IoU > 0.6 >= 0.5
+    losses = {}
+    for w in (1.0, 3.0):
+        model = MaskRCNN(Config.tiny(box_reg_loss_weight=w))
+        randomize(model, np.random.default_rng(0))
+        losses[w] = total_loss(model, images, targets)[1]
+    assert losses[3.0]["loss_box_reg"] == pytest.approx(3 * losses[1.0]["loss_box_reg"], rel=1e-6)
+    assert losses[3.0]["loss_classifier"] == losses[1.0]["loss_classifier"]

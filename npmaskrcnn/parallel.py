@@ -1,0 +1,290 @@
+"""Data-parallel gradients: a step's batch split into shards, the shards spread over processes.
+
+A training step's batch of B images is cut into S = `cfg.grad_shards` shards of B/S images. Each
+shard's loss and gradient are computed on their own (its own loss normalisation, its own anchor
+and RoI sampling generator seeded with [seed, 2, step, shard]) and the step's gradient is their
+mean, summed in shard order:
+
+    g = (((g_0 + g_1) + g_2) + ... ) / S
+
+The result depends on S, never on how many processes compute it: `workers=1` computes the shards
+one after the other, `workers=2` gives every other shard to a second process, and both give the
+same bits (tests/test_parallel.py). With S = 1 the step is the plain one-batch step.
+
+How the processes share work (no model is ever sent through a pipe):
+- every parameter and every shard's gradient lives in one flat float32 buffer; the main process
+  allocates it as shared memory and each module's `params[k]` / `grads[k]` become views into it
+  (`bind`), in the main process and in each worker;
+- the main process sends "grads, step" to the workers, computes its own shards, waits for theirs,
+  averages the shard gradients into shard 0's slot (which is what its `grads` view) and runs the
+  optimizer, which updates the shared parameters in place: the workers see the new weights at
+  the next step without a copy;
+- the workers are started with "spawn" (a fresh interpreter: no numba thread pool or BLAS state
+  inherited through fork); each builds its own MaskRCNN from the config and binds it to the
+  shared buffer. Evaluation during training splits the images between the processes the same way.
+
+Naming:
+    S          number of shards (cfg.grad_shards); shard j holds images j*B/S .. (j+1)*B/S - 1
+    P          number of processes (1 main + workers); shard j runs on process j % P
+    layout     [(module, key, offset, shape)] of the flat buffer, in `named_params` order
+"""
+
+import contextlib
+import ctypes
+import math
+import multiprocessing as mp
+import os
+import signal
+import traceback
+
+import numpy as np
+
+# ---- flat buffers -------------------------------------------------------------------------
+
+
+def layout(model):
+    """[(module, key, offset, shape)] of every parameter, in `named_params` order, and the total size."""
+    out, offset = [], 0
+    for m in model.modules():
+        for k, p in m.params.items():
+            out.append((m, k, offset, p.shape))
+            offset += p.size
+    return out, offset
+
+
+def bind(model, flat, what, copy=False):
+    """Make every module's params (what="params") or grads ("grads") views into the 1-D `flat`.
+
+    copy=True first copies the current values into `flat`.
+    """
+    lay, total = layout(model)
+    if flat.shape != (total,):
+        raise ValueError(f"flat: expected shape ({total},), got {flat.shape}")
+    for m, k, off, shape in lay:
+        view = flat[off:off + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+        store = m.params if what == "params" else m.grads
+        if copy:
+            view[...] = store[k]
+        store[k] = view
+
+
+def average_shards(grads):
+    """grads: (S, total) shard gradients; leaves their mean in grads[0] (summed in shard order)."""
+    acc = grads[0]
+    for j in range(1, len(grads)):
+        acc += grads[j]
+    if len(grads) > 1:
+        acc /= len(grads)
+    return acc
+
+
+# ---- one shard ----------------------------------------------------------------------------
+
+
+def shard_forward_backward(model, dataset, step, shard, cfg):
+    """Forward and (if every loss is finite) backward of one shard; returns its losses (floats).
+
+    The gradient accumulates into the model's (zeroed) `grads`.
+    """
+    from .train import get_batch
+
+    images, targets = get_batch(dataset, step, cfg, shard=shard)
+    seed = [cfg.seed, 2, step] if cfg.grad_shards == 1 else [cfg.seed, 2, step, shard]
+    model.rng = np.random.default_rng(seed)
+    model.zero_grad()
+    losses = {k: float(v) for k, v in model.forward(images, targets).items()}
+    if all(math.isfinite(v) for v in losses.values()):
+        model.backward()
+    else:
+        model.clear_caches()
+    return losses
+
+
+def mean_losses(per_shard):
+    """Mean over shards of each loss (dicts in shard order)."""
+    keys = per_shard[0].keys()
+    return {k: sum(d[k] for d in per_shard) / len(per_shard) for k in keys}
+
+
+# ---- the worker process -------------------------------------------------------------------
+
+
+def _worker_main(conn, shared, cfg, class_names, dataset, val_dataset, rank, n_proc):
+    """Loop of a worker process: answer "grads" and "predict" requests until "stop"."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)          # Ctrl-C is the main process's to handle
+    try:
+        from .model import MaskRCNN
+
+        model = MaskRCNN(cfg, class_names)
+        _, total = layout(model)
+        buf = np.frombuffer(shared, dtype=np.float32).reshape(cfg.grad_shards + 1, total)
+        bind(model, buf[0], "params")
+        model.train()
+        conn.send(("ready", rank))
+        while True:
+            msg = conn.recv()
+            if msg[0] == "stop":
+                break
+            try:
+                if msg[0] == "grads":
+                    step = msg[1]
+                    out = {}
+                    for j in range(rank, cfg.grad_shards, n_proc):
+                        bind(model, buf[1 + j], "grads")
+                        out[j] = shard_forward_backward(model, dataset, step, j, cfg)
+                    conn.send(("ok", out))
+                elif msg[0] == "predict":
+                    model.eval()
+                    preds = [model.predict([val_dataset[i][0]])[0] for i in msg[1]]
+                    model.train()
+                    conn.send(("ok", preds))
+            except Exception:
+                conn.send(("error", traceback.format_exc()))
+    except Exception:
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except Exception:
+            pass
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _single_threaded_children():
+    """Workers start with one BLAS and one numba thread unless the environment says otherwise:
+    one process per core, not one thread pool per process fighting over the cores."""
+    keys = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+    added = [k for k in keys if k not in os.environ]
+    os.environ.update({k: "1" for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+class ShardedGradients:
+    """Computes each step's gradient as the mean over `cfg.grad_shards` shards, on `workers` processes.
+
+    Use as a context manager (the workers and the shared memory are released on exit):
+
+        with ShardedGradients(model, cfg, dataset, workers=2) as engine:
+            losses = engine.compute(step)   # model.grads now hold the step's gradient
+            opt.step()
+
+    Inputs:
+    - model: the MaskRCNN being trained (its params / grads become views into shared memory)
+    - cfg: its Config (grad_shards, batch_size, seed)
+    - dataset: training dataset (sent to the workers once; must be picklable when workers > 1)
+    - val_dataset: evaluation dataset for `predict_dataset`, or None
+    - workers: processes in all, the main one included; at most cfg.grad_shards are used
+    """
+
+    def __init__(self, model, cfg, dataset, val_dataset=None, workers=1):
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers: expected a positive integer, got {workers!r}")
+        self.model, self.cfg, self.dataset, self.val_dataset = model, cfg, dataset, val_dataset
+        self.n_proc = min(workers, cfg.grad_shards)
+        if self.n_proc > 1 and any(p.dtype != np.float32 for _, p in model.named_params()):
+            raise ValueError("model: data-parallel workers need float32 parameters")
+        self.conns, self.procs, self.shared = [], [], None
+        _, total = layout(model)
+        S = cfg.grad_shards
+        if self.n_proc == 1:
+            self.grads = np.zeros((S, total), dtype=np.float32) if S > 1 else None
+            return
+        ctx = mp.get_context("spawn")
+        self.shared = ctx.RawArray(ctypes.c_float, (S + 1) * total)     # zero-filled
+        try:
+            buf = np.frombuffer(self.shared, dtype=np.float32).reshape(S + 1, total)
+            bind(model, buf[0], "params", copy=True)
+            self.grads = buf[1:]
+            for rank in range(1, self.n_proc):
+                parent, child = ctx.Pipe()
+                p = ctx.Process(target=_worker_main, daemon=True,
+                                args=(child, self.shared, cfg, model.class_names, dataset,
+                                      val_dataset, rank, self.n_proc))
+                with _single_threaded_children():
+                    p.start()
+                child.close()
+                self.conns.append(parent)
+                self.procs.append(p)
+            for conn in self.conns:
+                self._receive(conn)
+        except BaseException:
+            self.close()
+            raise
+
+    def _receive(self, conn):
+        try:
+            status, payload = conn.recv()
+        except EOFError:
+            raise RuntimeError("a data-parallel worker process died (see its output above)") from None
+        if status == "error":
+            raise RuntimeError(f"a data-parallel worker process failed:\n{payload}")
+        return payload
+
+    def compute(self, step):
+        """Mean gradient of `step` into the model's grads; returns (mean losses, per-shard losses)."""
+        cfg, model = self.cfg, self.model
+        S = cfg.grad_shards
+        if S == 1:
+            losses = shard_forward_backward(model, self.dataset, step, 0, cfg)
+            return losses, [losses]
+        for conn in self.conns:
+            conn.send(("grads", step))
+        per_shard = {}
+        for j in range(0, S, self.n_proc):
+            bind(model, self.grads[j], "grads")
+            per_shard[j] = shard_forward_backward(model, self.dataset, step, j, cfg)
+        for conn in self.conns:
+            per_shard.update(self._receive(conn))
+        shards = [per_shard[j] for j in range(S)]
+        average_shards(self.grads)
+        bind(model, self.grads[0], "grads")
+        return mean_losses(shards), shards
+
+    def predict_dataset(self, dataset):
+        """model.predict over `dataset` (the val_dataset given at construction when workers > 1),
+        one image per call, images dealt round-robin over the processes; in dataset order."""
+        n = len(dataset)
+        if self.n_proc == 1:
+            return [self.model.predict([dataset[i][0]])[0] for i in range(n)]
+        if dataset is not self.val_dataset:
+            raise ValueError("dataset: with workers > 1 only the val_dataset given at construction")
+        for rank, conn in enumerate(self.conns, start=1):
+            conn.send(("predict", list(range(rank, n, self.n_proc))))
+        preds = [None] * n
+        for i in range(0, n, self.n_proc):
+            preds[i] = self.model.predict([dataset[i][0]])[0]
+        for rank, conn in enumerate(self.conns, start=1):
+            for i, p in zip(range(rank, n, self.n_proc), self._receive(conn)):
+                preds[i] = p
+        return preds
+
+    def close(self):
+        """Stop the workers and free the shared memory; the model keeps private copies."""
+        for conn in self.conns:
+            try:
+                conn.send(("stop",))
+            except (BrokenPipeError, OSError):
+                pass
+        for p in self.procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+        for conn in self.conns:
+            conn.close()
+        self.conns, self.procs = [], []
+        if self.shared is not None:
+            for m, k, _, _ in layout(self.model)[0]:     # private copies, the shared block goes
+                m.params[k] = np.array(m.params[k])
+                m.grads[k] = np.array(m.grads[k])
+            self.grads = None
+            self.shared = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
