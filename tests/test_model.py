@@ -48,7 +48,10 @@ def total_loss(model, images, targets, seed=0):
 
 @pytest.mark.parametrize("overrides", [{}, {"pooler": "roi_pool"},
                                        {"mask_loss": "softmax", "fpn_norm": True, "box_head_convs": 1},
-                                       {"class_agnostic_masks": True, "pooler": "roi_align_max"}])
+                                       # max-RoIAlign is piecewise linear: with the jittered
+                                       # gt RoIs too, a +-h step of this seed crosses a kink
+                                       {"class_agnostic_masks": True, "pooler": "roi_align_max",
+                                        "box_jitter_per_gt": 0}])
 def test_whole_model_gradient_check(overrides):
     rng = np.random.default_rng(0)
     cfg = Config.tiny(**overrides)
@@ -235,7 +238,7 @@ def test_box_jitter_adds_positive_rois_and_reg_weight_scales_the_box_loss():
         return int((labels > 0).sum())
 
     n_gt = sum(len(t["boxes"]) for t in targets)
-    assert sample() == n_gt
+    assert sample(box_jitter_per_gt=0) == n_gt
     assert sample(box_jitter_per_gt=4) == 5 * n_gt                # each copy at IoU > 0.6 >= 0.5
     losses = {}
     for w in (1.0, 3.0):

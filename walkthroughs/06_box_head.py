@@ -57,8 +57,11 @@ log("proposals", proposals[0])
 # ## 1. Sampling RoIs for training
 #
 # In training the ground-truth boxes join the proposals (so there is always a perfect positive),
-# every RoI takes the class of the ground truth it overlaps at IoU ≥ 0.5, or background, and a
-# sample of `box_batch_size_per_image` = 128 RoIs with at most 25 % positives is drawn.
+# and so do `box_jitter_per_gt` randomly shifted and rescaled copies of each (a shapes-preset
+# addition, not in the paper: the RPN leaves only a handful of proposals around each object, and
+# the copies give the box head more positives to learn classes and box offsets from). Every RoI
+# takes the class of the ground truth it overlaps at IoU ≥ 0.5, or background, and a sample of
+# `box_batch_size_per_image` = 128 RoIs with at most 25 % positives is drawn.
 
 # %%
 rois, labels, reg_targets, matched, _ = heads.sample_proposals(proposals, [target],
@@ -67,8 +70,9 @@ log("sampled rois", rois)
 log("sampled labels", labels)
 log("box regression targets", reg_targets[labels > 0])
 n_pos = int((labels > 0).sum())
-print(f"{len(proposals[0])} proposals + {len(target['boxes'])} gt -> sampled {len(rois)} RoIs: "
-      f"{n_pos} positive, {len(rois) - n_pos} background")
+n_gt = len(target["boxes"])
+print(f"{len(proposals[0])} proposals + {n_gt} gt + {n_gt * cfg.box_jitter_per_gt} jittered gt "
+      f"-> sampled {len(rois)} RoIs: {n_pos} positive, {len(rois) - n_pos} background")
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 5.6))
 for ax, sel, title in ((axes[0], labels > 0, f"positives ({n_pos}), colour of their gt"),
