@@ -453,7 +453,40 @@ def add_evaluate_args(p):
     p.add_argument("--batch-size", type=int, default=8, help="images per predict call")
     p.add_argument("--results", metavar="PATH", help="write the COCO results JSON here")
     p.add_argument("--json", metavar="PATH", help="write the metrics as JSON here")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override an inference option of the model's config (repeatable): "
+                        + ", ".join(INFERENCE_FIELDS) + "; e.g. --set box_refine=false")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+INFERENCE_FIELDS = ("box_refine", "box_from_mask", "box_score_thresh", "box_nms_thresh",
+                    "detections_per_img", "mask_threshold", "rpn_pre_nms_top_n_test",
+                    "rpn_post_nms_top_n_test", "rpn_nms_thresh")
+
+
+def set_inference_options(model, items):
+    """Apply `--set key=value` items (inference fields only) to a loaded model's config."""
+    from .config import Config
+
+    d = model.config.to_dict()
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CLIError(f"--set: expected key=value, got {item!r}")
+        if key not in INFERENCE_FIELDS:
+            raise CLIError(f"--set: {key!r} is not an inference option; expected one of "
+                           f"{', '.join(INFERENCE_FIELDS)}")
+        d[key] = parse_value(value)
+    try:
+        cfg = Config.from_dict(d)
+    except (ValueError, TypeError) as e:
+        raise CLIError(f"--set: {e}") from None
+    old = model.config
+    for m in model.modules():
+        if getattr(m, "cfg", None) is old:
+            m.cfg = cfg
+    model.config = cfg
 
 
 def cmd_evaluate(args):
@@ -469,6 +502,7 @@ def cmd_evaluate(args):
     if args.seed < 0:
         raise CLIError(f"--seed: expected a non-negative integer, got {args.seed}")
     model = load_model_arg(args.model)
+    set_inference_options(model, args.set)
     for path, arg in ((args.results, "--results"), (args.json, "--json")):
         if path is not None:
             output_file(path, arg)

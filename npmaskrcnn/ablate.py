@@ -59,10 +59,13 @@ def add_arguments(p):
 
 def base_config(steps, stride, seed):
     """The ablation network: the shapes preset with one block per stage (to fit six runs in
-    the budget of one) and RoI features from the single level of the given stride."""
+    the budget of one), RoI features from the single level of the given stride, and the paper's
+    Mask R-CNN otherwise: the preset's additions (jittered gt RoIs, the second box look) off, and
+    the whole batch as one gradient shard."""
     level = {4: 2, 8: 3, 16: 4, 32: 5}[stride]
     return Config(stage_blocks=(1, 1, 1, 1), train_steps=steps, seed=seed, pooler_levels=(level,),
-                  warmup_steps=min(200, steps // 4))
+                  warmup_steps=min(200, steps // 4), box_jitter_per_gt=0, box_refine=False,
+                  grad_shards=1)
 
 
 def results_table(results, stride):

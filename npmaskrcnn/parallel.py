@@ -20,8 +20,12 @@ How the processes share work (no model is ever sent through a pipe):
   optimizer, which updates the shared parameters in place: the workers see the new weights at
   the next step without a copy;
 - the workers are started with "spawn" (a fresh interpreter: no numba thread pool or BLAS state
-  inherited through fork); each builds its own MaskRCNN from the config and binds it to the
-  shared buffer. Evaluation during training splits the images between the processes the same way.
+  inherited through fork), with one BLAS and one numba thread unless the environment sets them,
+  and without re-importing the parent's __main__ (so a script without a main guard, like the
+  walkthroughs, can use them); each builds its own MaskRCNN from the config and binds it to the
+  shared buffer. The datasets are pickled to the workers once: their classes must be importable
+  (defined in a module, not in the script being run). Evaluation during training splits the
+  images between the processes the same way.
 
 Naming:
     S          number of shards (cfg.grad_shards); shard j holds images j*B/S .. (j+1)*B/S - 1
@@ -35,6 +39,7 @@ import math
 import multiprocessing as mp
 import os
 import signal
+import sys
 import traceback
 
 import numpy as np
@@ -163,6 +168,23 @@ def _single_threaded_children():
             os.environ.pop(k, None)
 
 
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start workers without re-importing the parent's __main__ (the target and its arguments
+    live in this package): a script without an `if __name__ == "__main__":` guard, such as the
+    walkthroughs, would otherwise run again, top to bottom, inside every worker."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if main and k in main.__dict__}
+    if main is not None:
+        main.__spec__ = None
+        main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+
+
 class ShardedGradients:
     """Computes each step's gradient as the mean over `cfg.grad_shards` shards, on `workers` processes.
 
@@ -204,7 +226,7 @@ class ShardedGradients:
                 p = ctx.Process(target=_worker_main, daemon=True,
                                 args=(child, self.shared, cfg, model.class_names, dataset,
                                       val_dataset, rank, self.n_proc))
-                with _single_threaded_children():
+                with _single_threaded_children(), _main_module_hidden():
                     p.start()
                 child.close()
                 self.conns.append(parent)

@@ -147,3 +147,27 @@ def test_bad_arguments():
     model = MaskRCNN(cfg2())
     with pytest.raises(ValueError, match="workers: expected a positive integer"):
         ShardedGradients(model, cfg2(), data(), workers=0)
+
+
+def test_workers_start_from_a_script_without_a_main_guard(tmp_path):
+    """The walkthroughs are plain top-to-bottom scripts: a worker must not run them again."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {root!r})\n"
+        "from npmaskrcnn import Config\n"
+        "from npmaskrcnn.shapes import ShapesDataset\n"
+        "from npmaskrcnn.train import train\n"
+        "print('top level ran')\n"
+        "cfg = Config.tiny(train_steps=2, batch_size=4, grad_shards=2, warmup_steps=1)\n"
+        "data = ShapesDataset(8, seed=0, image_size=32, min_size=8, max_size=20)\n"
+        f"model, rows = train(cfg, {str(tmp_path / 'run')!r}, dataset=data, progress=False, workers=2)\n"
+        "print('steps', len(rows))\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("top level ran") == 1 and "steps 2" in out.stdout
