@@ -30,9 +30,10 @@ import os
 import sys
 
 if len(sys.argv) > 1 and sys.argv[1] in ("train", "ablate"):
-    # Training runs BLAS on one thread (set before numpy loads). On 2 cores the second OpenBLAS
-    # thread gains ~10% on an idle machine but loses 3-10x as soon as anything else runs, because
-    # its threads spin-wait for each other (measured: docs/performance.md).
+    # Training runs BLAS on one thread (set before numpy loads) and uses the other cores through
+    # data-parallel worker processes (parallel.py), which do 1.85x the steps of one process on 2
+    # cores; a second OpenBLAS thread gains only ~10% on an idle machine and loses 3-10x as soon
+    # as anything else runs, because its threads spin-wait for each other (docs/performance.md).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
