@@ -86,15 +86,9 @@ def average_shards(grads):
 # ---- one shard ----------------------------------------------------------------------------
 
 
-def shard_forward_backward(model, dataset, step, shard, cfg):
-    """Forward and (if every loss is finite) backward of one shard; returns its losses (floats).
-
-    The gradient accumulates into the model's (zeroed) `grads`.
-    """
-    from .train import get_batch
-
-    images, targets = get_batch(dataset, step, cfg, shard=shard)
-    seed = [cfg.seed, 2, step] if cfg.grad_shards == 1 else [cfg.seed, 2, step, shard]
+def forward_backward(model, images, targets, seed):
+    """Forward and (if every loss is finite) backward of one batch, sampling with a generator
+    seeded by `seed`; the gradient lands in the model's (zeroed) grads. Returns the losses."""
     model.rng = np.random.default_rng(seed)
     model.zero_grad()
     losses = {k: float(v) for k, v in model.forward(images, targets).items()}
@@ -103,6 +97,15 @@ def shard_forward_backward(model, dataset, step, shard, cfg):
     else:
         model.clear_caches()
     return losses
+
+
+def shard_forward_backward(model, dataset, step, shard, cfg):
+    """`forward_backward` of shard `shard` of step `step`'s batch; returns its losses."""
+    from .train import get_batch
+
+    images, targets = get_batch(dataset, step, cfg, shard=shard)
+    seed = [cfg.seed, 2, step] if cfg.grad_shards == 1 else [cfg.seed, 2, step, shard]
+    return forward_backward(model, images, targets, seed)
 
 
 def mean_losses(per_shard):
@@ -247,12 +250,11 @@ class ShardedGradients:
         return payload
 
     def compute(self, step):
-        """Mean gradient of `step` into the model's grads; returns (mean losses, per-shard losses)."""
+        """Mean gradient of `step` into the model's grads; returns the mean losses."""
         cfg, model = self.cfg, self.model
         S = cfg.grad_shards
         if S == 1:
-            losses = shard_forward_backward(model, self.dataset, step, 0, cfg)
-            return losses, [losses]
+            return shard_forward_backward(model, self.dataset, step, 0, cfg)
         for conn in self.conns:
             conn.send(("grads", step))
         per_shard = {}
@@ -264,7 +266,7 @@ class ShardedGradients:
         shards = [per_shard[j] for j in range(S)]
         average_shards(self.grads)
         bind(model, self.grads[0], "grads")
-        return mean_losses(shards), shards
+        return mean_losses(shards)
 
     def predict_dataset(self, dataset):
         """model.predict over `dataset` (the val_dataset given at construction when workers > 1),

@@ -27,7 +27,7 @@ import numpy as np
 from .checkpoint import load_checkpoint, save_model
 from .model import MaskRCNN
 from .optim import SGD, AdamW, clip_grad_norm, lr_at
-from .parallel import ShardedGradients
+from .parallel import ShardedGradients, forward_backward
 from .shapes import ShapesDataset
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
@@ -84,13 +84,7 @@ def train_step(model, opt, images, targets, step, cfg):
     """One optimizer step on the given batch, as one shard. Returns the row of the log (dict)
     or raises TrainingDiverged. (`train` computes the gradient with `parallel.ShardedGradients`.)"""
     t0 = time.perf_counter()
-    model.rng = np.random.default_rng([cfg.seed, 2, step])
-    model.zero_grad()
-    losses = model.forward(images, targets)
-    if all(math.isfinite(v) for v in losses.values()):
-        model.backward()
-    else:
-        model.clear_caches()
+    losses = forward_backward(model, images, targets, [cfg.seed, 2, step])
     return apply_step(model, opt, losses, step, cfg, t0)
 
 
@@ -210,7 +204,7 @@ def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_e
                                   workers=workers if start < end else 1)
         for step in range(start, end):
             t0 = time.perf_counter()
-            losses, _ = engine.compute(step)
+            losses = engine.compute(step)
             row = apply_step(model, opt, losses, step, cfg, t0)
             rows.append(row)
             writer.writerow(row)
