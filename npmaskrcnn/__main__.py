@@ -460,7 +460,8 @@ def add_evaluate_args(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-INFERENCE_FIELDS = ("box_refine", "box_from_mask", "box_score_thresh", "box_nms_thresh",
+INFERENCE_FIELDS = ("box_refine", "mask_rescore", "test_flip", "box_from_mask", "box_score_thresh",
+                    "box_nms_thresh",
                     "detections_per_img", "mask_threshold", "rpn_pre_nms_top_n_test",
                     "rpn_post_nms_top_n_test", "rpn_nms_thresh")
 

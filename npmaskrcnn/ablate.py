@@ -60,12 +60,12 @@ def add_arguments(p):
 def base_config(steps, stride, seed):
     """The ablation network: the shapes preset with one block per stage (to fit six runs in
     the budget of one), RoI features from the single level of the given stride, and the paper's
-    Mask R-CNN otherwise: the preset's additions (jittered gt RoIs, the second box look) off, and
-    the whole batch as one gradient shard."""
+    Mask R-CNN otherwise: the preset's additions (jittered gt RoIs, IoU-balanced negatives, the
+    second box look, mask-confidence rescoring) off, and the whole batch as one gradient shard."""
     level = {4: 2, 8: 3, 16: 4, 32: 5}[stride]
     return Config(stage_blocks=(1, 1, 1, 1), train_steps=steps, seed=seed, pooler_levels=(level,),
-                  warmup_steps=min(200, steps // 4), box_jitter_per_gt=0, box_refine=False,
-                  grad_shards=1)
+                  warmup_steps=min(200, steps // 4), box_jitter_per_gt=0, box_neg_iou_bins=0,
+                  box_refine=False, mask_rescore=False, grad_shards=1)
 
 
 def results_table(results, stride):

@@ -50,6 +50,8 @@ class Config:
     box_bg_iou: float = 0.5               # RoI background below this (paper)
     box_batch_size_per_image: int = 128   # RoIs sampled per image (paper: 512)
     box_positive_fraction: float = 0.25   # paper: 1:3 positives
+    box_neg_iou_bins: int = 3             # >1: IoU-balanced negatives in that many IoU bins
+    #                                       (Libra R-CNN: 3); 0: random negatives (paper)
     bbox_reg_weights: tuple = (10.0, 10.0, 5.0, 5.0)  # delta scaling (torchvision)
     box_reg_loss_weight: float = 1.0      # multiplies the box head's smooth L1 loss
     box_jitter_per_gt: int = 8            # training: jittered copies of each gt box added to the
@@ -77,7 +79,11 @@ class Config:
     mask_threshold: float = 0.5           # paper
     box_from_mask: bool = False           # report the tight box of the pasted mask (not in the paper)
     box_refine: bool = True               # run the box head again on its own boxes and average the
-    #                                       two (iterative box regression; not in the paper)
+    #                                       two boxes and class probabilities (not in the paper)
+    mask_rescore: bool = True             # score x mean mask probability inside the mask (not in
+    #                                       the paper; cf. Mask Scoring R-CNN)
+    test_flip: bool = False               # also look at each detection in the mirrored image and
+    #                                       average box, probability and mask (test-time flip)
 
     # ---- training ----
     seed: int = 0                         # seeds initialisation, data and sampling
@@ -169,6 +175,7 @@ class Config:
              "0 < box_bg_iou <= box_fg_iou <= 1")
         pos_int("box_batch_size_per_image")
         fraction("box_positive_fraction")
+        pos_int("box_neg_iou_bins", least=0)
         need(seq(self.bbox_reg_weights, 4, lambda v: is_num(v) and v > 0), "bbox_reg_weights",
              "4 positive numbers (wx, wy, ww, wh)")
         need(self.pooler in POOLERS, "pooler", f"one of {POOLERS}")
@@ -200,6 +207,8 @@ class Config:
         pos_int("detections_per_img")
         flag("box_from_mask")
         flag("box_refine")
+        flag("mask_rescore")
+        flag("test_flip")
         fraction("mask_threshold", lo_open=False)
         # training
         pos_int("seed", least=0)

@@ -101,10 +101,14 @@ class MaskRCNN(Module):
         was_training = self.training
         self.eval()
         try:
+            images = as_image_list(images)
             x, image_size = self.preprocess(images)
             features = self.backbone(x)
             proposals, _ = self.rpn(features, image_size)
-            detections, _ = self.roi_heads(features[:4], proposals, image_size)
+            mirrored = None
+            if self.config.test_flip:
+                mirrored = self.backbone(self.preprocess([im[:, ::-1] for im in images])[0])[:4]
+            detections = self.roi_heads.predict(features[:4], proposals, image_size, mirrored)
         finally:
             self.train(was_training)
         return detections

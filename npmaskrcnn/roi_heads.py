@@ -151,6 +151,25 @@ def paste_masks(mask_probs, boxes, image_size, threshold=0.5):
     return out
 
 
+def mirror_boxes(boxes, width):
+    """Boxes (D, 4), or rois (D, 5), in the horizontally flipped image: x -> width - x."""
+    out = np.array(boxes, copy=True)
+    out[:, -4], out[:, -2] = width - boxes[:, -2], width - boxes[:, -4]
+    return out
+
+
+def mask_confidence(mask_probs, threshold=0.5):
+    """Mean probability over each mask's own cells (those >= threshold); 0 for an empty mask.
+
+    A detection whose mask the head is unsure of (probabilities near 0.5: a fragment, a shape it
+    cannot outline) gets a lower score. A simple stand-in for Mask Scoring R-CNN's learned mask
+    IoU (Huang et al. 2019), which multiplies the class score the same way.
+    (D, M, M) -> (D,)
+    """
+    on = mask_probs >= threshold
+    return (mask_probs * on).sum(axis=(1, 2)) / np.maximum(on.sum(axis=(1, 2)), 1)
+
+
 def jitter_boxes(boxes, copies, amount, rng):
     """`copies` randomly moved and rescaled copies of each box (M, 4) -> (M*copies, 4).
 
@@ -202,7 +221,8 @@ class RoIHeads(Module):
         self.box_coder = BoxCoder(cfg.bbox_reg_weights)
         self.matcher = Matcher(cfg.box_fg_iou, cfg.box_bg_iou, allow_low_quality_matches=False)
         self.sampler = BalancedPositiveNegativeSampler(cfg.box_batch_size_per_image,
-                                                       cfg.box_positive_fraction)
+                                                       cfg.box_positive_fraction,
+                                                       cfg.box_neg_iou_bins, cfg.box_bg_iou)
         self.levels = tuple(cfg.pooler_levels)
         self.scales = [1.0 / 2 ** lv for lv in self.levels]
 
@@ -237,16 +257,19 @@ class RoIHeads(Module):
             props = np.concatenate([props, *extra], axis=0)
             if gt.shape[0] == 0:
                 matched = np.full(props.shape[0], Matcher.BELOW_LOW_THRESHOLD, np.int64)
+                max_iou = np.zeros(props.shape[0])
             else:
-                matched = self.matcher(box_iou(gt, props))
+                iou = box_iou(gt, props)
+                matched = self.matcher(iou)
+                max_iou = iou.max(axis=0)
             labels = np.zeros(props.shape[0], np.int64)
             fg = matched >= 0
             labels[fg] = tgt["labels"][matched[fg]]
             labels[matched == Matcher.BETWEEN_THRESHOLDS] = -1
-            per_image.append((props, labels, matched, gt))
-        pos, neg = self.sampler([p[1] for p in per_image], rng)
+            per_image.append((props, labels, matched, gt, max_iou))
+        pos, neg = self.sampler([p[1] for p in per_image], rng, [p[4] for p in per_image])
         rois, labels, targets_out, matched_out, image_idx = [], [], [], [], []
-        for i, ((props, lab, matched, gt), ps, ns) in enumerate(zip(per_image, pos, neg)):
+        for i, ((props, lab, matched, gt, _), ps, ns) in enumerate(zip(per_image, pos, neg)):
             keep = np.concatenate([np.flatnonzero(ps), np.flatnonzero(ns)])
             boxes, m = props[keep], np.maximum(matched[keep], 0)
             lab = np.where(ps[keep], lab[keep], 0)
@@ -374,8 +397,34 @@ class RoIHeads(Module):
         return own / (own + p.max(axis=1))
 
     # ---- inference ------------------------------------------------------------------------
-    def predict(self, features, proposals, image_size):
-        """Detections per image: boxes, labels, scores, masks (pasted and thresholded)."""
+    def second_look(self, features, rois, labels, image_size, mirrored=False):
+        """The box head on given boxes: its decode of each box and its probability of `labels`.
+
+        Inputs:
+        - features: [p2..p5] of the images (of the mirrored images when `mirrored`)
+        - rois: (D, 5) detections in image coordinates; labels: (D,) their classes 1..K
+        - mirrored: pool the mirrored box (x -> W - x) and mirror the decoded box back
+        Returns:
+        - boxes: (D, 4) in image coordinates; probs: (D,)
+        """
+        w = image_size[1]
+        if mirrored:
+            rois = mirror_boxes(rois, w)
+        feats, _ = self.pool(features, rois, self.cfg.box_pool_size)
+        logits, deltas = self.box_predictor(self.box_head(feats))
+        rows = np.arange(len(rois))
+        deltas = deltas.reshape(len(rois), -1, 4)[rows, labels]
+        boxes = clip_boxes(self.box_coder.decode(deltas, rois[:, 1:]).reshape(-1, 4), image_size)
+        probs = _softmax(logits, axis=1)[rows, labels]
+        return (mirror_boxes(boxes, w) if mirrored else boxes), probs
+
+    def predict(self, features, proposals, image_size, mirrored_features=None):
+        """Detections per image: boxes, labels, scores, masks (pasted and thresholded).
+
+        `mirrored_features` ([p2..p5] of the horizontally flipped images) turns on test-time
+        flip: each detection is looked at again in the mirror image (box, class probability and
+        mask probabilities averaged over the views).
+        """
         cfg = self.cfg
         dtype = features[0].dtype
         n = len(proposals)
@@ -387,7 +436,7 @@ class RoIHeads(Module):
         probs = _softmax(class_logits, axis=1)                                  # (R, K+1)
         boxes = self.box_coder.decode(box_deltas, rois[:, 1:]).reshape(rois.shape[0], cfg.num_classes + 1, 4)
         boxes = clip_boxes(boxes.reshape(-1, 4), image_size).reshape(boxes.shape)
-        detections = []
+        dets = []                                                 # (boxes, labels, scores) per image
         for i in range(n):
             sel = rois[:, 0] == i
             b = boxes[sel][:, 1:].reshape(-1, 4)                                # drop background
@@ -399,38 +448,49 @@ class RoIHeads(Module):
             keep = remove_small_boxes(b, 1e-2)
             b, s, lab = b[keep], s[keep], lab[keep]
             keep = batched_nms(b, s, lab, cfg.box_nms_thresh)[:cfg.detections_per_img]
-            detections.append({"boxes": b[keep].astype(np.float32), "labels": lab[keep].astype(np.int64),
-                               "scores": s[keep].astype(np.float32)})
-        det_rois = np.concatenate([np.concatenate([np.full((len(d["boxes"]), 1), i, dtype),
-                                                   d["boxes"].astype(dtype)], 1)
-                                   for i, d in enumerate(detections)], axis=0)
-        all_labels = np.concatenate([d["labels"] for d in detections])
-        if cfg.box_refine and det_rois.shape[0]:
-            # iterative box regression: the box head looks again at its own boxes (now closer to
-            # the object than the proposals were) and the two estimates are averaged
-            feats, _ = self.pool(features, det_rois, cfg.box_pool_size)
-            _, deltas = self.box_predictor(self.box_head(feats))
-            deltas = deltas.reshape(len(det_rois), -1, 4)[np.arange(len(det_rois)), all_labels]
-            again = clip_boxes(self.box_coder.decode(deltas, det_rois[:, 1:]).reshape(-1, 4), image_size)
-            det_rois[:, 1:] = 0.5 * (det_rois[:, 1:] + again)
-            start = 0
-            for d in detections:
-                d["boxes"] = det_rois[start:start + len(d["boxes"]), 1:].astype(np.float32)
-                start += len(d["boxes"])
-        # 6) masks of the detections
+            dets.append((b[keep], lab[keep], s[keep]))
+        det_rois = np.concatenate([np.concatenate([np.full((len(b), 1), i, dtype), b.astype(dtype)], 1)
+                                   for i, (b, _, _) in enumerate(dets)], axis=0)
+        labels = np.concatenate([lab for _, lab, _ in dets])
+        scores = np.concatenate([s for _, _, s in dets]).astype(np.float64)
+        d = len(det_rois)
+        # 6) second looks (not in the paper): the box head looks again at its own detections, in
+        # the image (box_refine; closer to the objects than the proposals were) and in the mirror
+        # image (test-time flip); every look votes equally for the box and the class probability
+        views = [features] if cfg.box_refine else []
+        if mirrored_features is not None:
+            views.append(mirrored_features)
+        if views and d:
+            box_sum, score_sum = det_rois[:, 1:].astype(np.float64), scores.copy()
+            for feats in views:
+                b, p = self.second_look(feats, det_rois, labels, image_size, feats is mirrored_features)
+                box_sum += b
+                score_sum += p
+            det_rois[:, 1:] = box_sum / (1 + len(views))
+            scores = score_sum / (1 + len(views))
+        # 7) masks of the detections (averaged with the mirror view's, mirrored back)
         h, w = image_size
-        if det_rois.shape[0]:
+        m = 2 * cfg.mask_pool_size
+        mask_probs = np.zeros((0, m, m), dtype)
+        if d:
             mask_feats, _ = self.pool(features, det_rois, cfg.mask_pool_size)
-            mask_probs = self.mask_probs(self.mask_head(mask_feats), all_labels)   # (D, M, M)
-        start = 0
-        for d in detections:
-            k = len(d["boxes"])
-            if k:
-                d["masks"] = paste_masks(mask_probs[start:start + k], d["boxes"], image_size,
-                                         cfg.mask_threshold)
-                if cfg.box_from_mask:
-                    d["boxes"] = mask_extents(d["masks"], d["boxes"])
-            else:
-                d["masks"] = np.zeros((0, h, w), dtype=bool)
-            start += k
+            mask_probs = self.mask_probs(self.mask_head(mask_feats), labels)          # (D, M, M)
+            if mirrored_features is not None:
+                mask_feats, _ = self.pool(mirrored_features, mirror_boxes(det_rois, w), cfg.mask_pool_size)
+                mirrored = self.mask_probs(self.mask_head(mask_feats), labels)[:, :, ::-1]
+                mask_probs = 0.5 * (mask_probs + mirrored)
+            if cfg.mask_rescore:
+                scores = scores * mask_confidence(mask_probs, cfg.mask_threshold)
+        detections, start = [], 0
+        for b, _, _ in dets:
+            sl = slice(start, start + len(b))
+            start += len(b)
+            order = np.argsort(-scores[sl], kind="stable")
+            box = det_rois[sl, 1:][order].astype(np.float32)
+            det = {"boxes": box, "labels": labels[sl][order].astype(np.int64),
+                   "scores": scores[sl][order].astype(np.float32),
+                   "masks": paste_masks(mask_probs[sl][order], box, image_size, cfg.mask_threshold)}
+            if cfg.box_from_mask:
+                det["boxes"] = mask_extents(det["masks"], det["boxes"])
+            detections.append(det)
         return detections

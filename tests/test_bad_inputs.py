@@ -394,7 +394,8 @@ def test_load_model_refuses_object_arrays_and_non_archives(tmp_path, checkpoint_
     ("weight_decay", -1e-4), ("warmup_steps", -1), ("schedule", "linear"), ("grad_clip", -1.0),
     ("hflip", None), ("lr", "fast"), ("box_from_mask", "yes"), ("box_refine", "yes"),
     ("grad_shards", 0), ("grad_shards", 3), ("box_reg_loss_weight", 0.0),
-    ("box_jitter_per_gt", -1), ("box_jitter", 1.5),
+    ("box_jitter_per_gt", -1), ("box_jitter", 1.5), ("mask_rescore", "yes"), ("test_flip", 1),
+    ("box_neg_iou_bins", -1), ("box_neg_iou_bins", 2.0),
 ])
 def test_config_refuses_out_of_range_fields(field, value):
     # every field of Config must appear in this list (a new field needs a range check)

@@ -188,30 +188,113 @@ def test_overfit_two_images():
             assert inter / union > 0.8
 
 
-def test_box_refine_averages_a_second_look_of_the_box_head():
-    """box_refine: final box = mean of the first detection box and the box head's decode of it."""
+def _second_look_by_hand(model, features, boxes, labels, image_size, mirrored=False):
+    """The box head on `boxes` (pooled at the mirrored box when `mirrored`), from public pieces."""
     from npmaskrcnn.boxes import clip_boxes
+    from npmaskrcnn.roi_heads import _softmax, mirror_boxes
 
+    heads, w = model.roi_heads, image_size[1]
+    b = mirror_boxes(boxes, w) if mirrored else boxes
+    feats, _ = heads.pool(features, np.concatenate([np.zeros((len(b), 1), b.dtype), b], 1),
+                          model.config.box_pool_size)
+    logits, deltas = heads.box_predictor(heads.box_head(feats))
+    rows = np.arange(len(b))
+    deltas = deltas.reshape(len(b), -1, 4)[rows, labels]
+    again = clip_boxes(heads.box_coder.decode(deltas, b).reshape(-1, 4), image_size)
+    return (mirror_boxes(again, w) if mirrored else again), _softmax(logits, axis=1)[rows, labels]
+
+
+def test_box_refine_averages_a_second_look_of_the_box_head():
+    """box_refine: final box and score = mean of the first detection's and the box head's second
+    look at it; detections re-sorted by the new score."""
     images, _ = tiny_batch(1, seed=5)
-    model = MaskRCNN(Config.tiny(box_refine=False))
+    model = MaskRCNN(Config.tiny(box_refine=False, mask_rescore=False))
     randomize(model, np.random.default_rng(0))
     first = model.predict(images)[0]
-    assert len(first["boxes"]) > 0
+    assert len(first["boxes"]) > 1
     model.config.box_refine = model.roi_heads.cfg.box_refine = True
     second = model.predict(images)[0]
-    np.testing.assert_array_equal(second["labels"], first["labels"])
-    np.testing.assert_array_equal(second["scores"], first["scores"])
-    # the second look, by hand
-    heads, b = model.roi_heads, first["boxes"]
     x, image_size = model.preprocess(images)
-    feats, _ = heads.pool(model.backbone(x)[:4], np.concatenate([np.zeros((len(b), 1), b.dtype), b], 1),
-                          model.config.box_pool_size)
-    _, deltas = heads.box_predictor(heads.box_head(feats))
-    deltas = deltas.reshape(len(b), -1, 4)[np.arange(len(b)), first["labels"]]
-    again = clip_boxes(heads.box_coder.decode(deltas, b).reshape(-1, 4), image_size)
-    np.testing.assert_allclose(second["boxes"], 0.5 * (b + again), rtol=1e-5, atol=1e-4)
-    assert not np.allclose(second["boxes"], b)               # it did move them
+    b, lab = first["boxes"], first["labels"]
+    again, p = _second_look_by_hand(model, model.backbone(x)[:4], b, lab, image_size)
+    score = 0.5 * (first["scores"] + p)
+    order = np.argsort(-score, kind="stable")
+    np.testing.assert_array_equal(second["labels"], lab[order])
+    np.testing.assert_allclose(second["scores"], score[order], rtol=1e-5)
+    np.testing.assert_allclose(second["boxes"], (0.5 * (b + again))[order], rtol=1e-5, atol=1e-4)
+    assert not np.allclose(second["boxes"], b[order])         # it did move them
+    assert np.all(np.diff(second["scores"]) <= 0)
     assert second["masks"].shape == first["masks"].shape     # masks come from the final boxes
+
+
+def test_mask_rescore_multiplies_the_score_by_the_mask_confidence():
+    from npmaskrcnn.roi_heads import mask_confidence
+
+    probs = np.array([[[0.9, 0.7], [0.2, 0.1]], [[0.3, 0.4], [0.1, 0.0]], [[0.5, 1.0], [1.0, 1.0]]])
+    np.testing.assert_allclose(mask_confidence(probs), [0.8, 0.0, 0.875])
+    images, _ = tiny_batch(1, seed=5)
+    model = MaskRCNN(Config.tiny(mask_rescore=False))
+    randomize(model, np.random.default_rng(0))
+    plain = model.predict(images)[0]
+    model.config.mask_rescore = model.roi_heads.cfg.mask_rescore = True
+    rescored = model.predict(images)[0]
+    # the same detections (boxes do not depend on the scores), re-scored and re-sorted
+    heads = model.roi_heads
+    x, image_size = model.preprocess(images)
+    rois = np.concatenate([np.zeros((len(plain["boxes"]), 1), np.float32), plain["boxes"]], 1)
+    feats, _ = heads.pool(model.backbone(x)[:4], rois, model.config.mask_pool_size)
+    conf = mask_confidence(heads.mask_probs(heads.mask_head(feats), plain["labels"]))
+    score = plain["scores"] * conf
+    order = np.argsort(-score, kind="stable")
+    np.testing.assert_allclose(rescored["scores"], score[order], rtol=1e-5)
+    np.testing.assert_array_equal(rescored["boxes"], plain["boxes"][order])
+    np.testing.assert_array_equal(rescored["masks"], plain["masks"][order])
+
+
+def test_mirror_boxes_and_roi_align_commute_with_the_flip():
+    """Pooling the mirrored box from the mirrored feature map = the mirrored pooled features
+    (exact for the half-pixel-aligned RoIAlign): what test-time flip relies on."""
+    from npmaskrcnn.roi_heads import mirror_boxes
+    from npmaskrcnn.roi_ops import roi_align_forward
+
+    b = np.array([[3.0, 1.0, 10.5, 7.0], [0.0, 2.0, 32.0, 5.0]])
+    np.testing.assert_array_equal(mirror_boxes(b, 32), [[21.5, 1.0, 29.0, 7.0], [0.0, 2.0, 32.0, 5.0]])
+    rois = np.concatenate([np.zeros((2, 1)), b], 1)
+    np.testing.assert_array_equal(mirror_boxes(mirror_boxes(rois, 32), 32), rois)
+    np.testing.assert_array_equal(mirror_boxes(rois, 32)[:, 0], rois[:, 0])
+    feat = np.random.default_rng(0).normal(size=(1, 3, 16, 16))
+    pooled, _ = roi_align_forward(feat, rois, (5, 5), 0.5, 2, aligned=True)
+    mirrored, _ = roi_align_forward(np.ascontiguousarray(feat[..., ::-1]), mirror_boxes(rois, 32),
+                                    (5, 5), 0.5, 2, aligned=True)
+    np.testing.assert_allclose(mirrored, pooled[..., ::-1], rtol=1e-12, atol=1e-12)
+
+
+def test_test_flip_averages_the_mirror_view():
+    """test_flip: each detection's box, score and mask probabilities averaged with the box head's
+    and mask head's look at it in the mirrored image."""
+    from npmaskrcnn.roi_heads import mirror_boxes, paste_masks
+
+    images, _ = tiny_batch(1, seed=5)
+    model = MaskRCNN(Config.tiny(box_refine=False, mask_rescore=False))
+    randomize(model, np.random.default_rng(0))
+    first = model.predict(images)[0]
+    model.config.test_flip = model.roi_heads.cfg.test_flip = True
+    flipped = model.predict(images)[0]
+    heads, cfg = model.roi_heads, model.config
+    x, image_size = model.preprocess(images)
+    xm, _ = model.preprocess([images[0][:, ::-1]])
+    fm = model.backbone(xm)[:4]
+    b, lab = first["boxes"], first["labels"]
+    again, p = _second_look_by_hand(model, fm, b, lab, image_size, mirrored=True)
+    box, score = 0.5 * (b + again), 0.5 * (first["scores"] + p)
+    order = np.argsort(-score, kind="stable")
+    np.testing.assert_allclose(flipped["scores"], score[order], rtol=1e-5)
+    np.testing.assert_allclose(flipped["boxes"], box[order], rtol=1e-5, atol=1e-4)
+    rois = np.concatenate([np.zeros((len(b), 1), np.float32), box], 1)
+    probs = [heads.mask_probs(heads.mask_head(heads.pool(f, r, cfg.mask_pool_size)[0]), lab)
+             for f, r in ((model.backbone(x)[:4], rois), (fm, mirror_boxes(rois, image_size[1])))]
+    masks = paste_masks(0.5 * (probs[0] + probs[1][:, :, ::-1]), box, image_size)
+    np.testing.assert_array_equal(flipped["masks"], masks[order])
 
 
 def test_jitter_boxes_hand_case_and_distribution():

@@ -14,7 +14,7 @@
 #    — `BoxCoder.decode` (weights 10, 10, 5, 5);
 # 5. score threshold, per-class NMS, top 100, then (`Config.box_refine`) a second look of the box
 #    head at its own detections: the final detections — the steps of `RoIHeads.predict`, checked
-#    against `model.predict`.
+#    against `model.predict` (which also rescores by mask confidence: walkthrough 07).
 #
 # The model is `data/shapes_maskrcnn.npz` (or `$NPMASKRCNN_MODEL`); without it an untrained one.
 
@@ -138,8 +138,15 @@ props = proposals[0]
 prop_rois = np.concatenate([np.zeros((len(props), 1), props.dtype), props], axis=1)
 box_feats, _ = heads.pool(features[:4], prop_rois, cfg.box_pool_size)
 class_logits, box_deltas = heads.box_predictor(heads.box_head(box_feats))
-probs = np.exp(class_logits - class_logits.max(axis=1, keepdims=True))
-probs /= probs.sum(axis=1, keepdims=True)                   # (P, K+1)
+
+
+def softmax(logits):
+    """Row-wise softmax (R, K+1) -> (R, K+1)."""
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+probs = softmax(class_logits)                               # (P, K+1)
 log("class logits", class_logits)
 log("class probabilities", probs)
 log("box deltas (P, 4(K+1))", box_deltas)
@@ -210,9 +217,11 @@ save_figure(fig, "06_box_refinement")
 # `box_score_thresh` = 0.05, drop empty boxes, run NMS at IoU 0.5 separately for each class,
 # keep the top 100. Then, with `box_refine` (on in the shapes preset; not in the paper), the box
 # head pools its own detections again — they sit closer to the objects than the proposals did —
-# and the two box estimates are averaged ("iterative box regression"; on the shipped model it adds
-# about 1.5 box AP, most of it at IoU 0.85–0.95). `model.predict` does exactly this, then runs
-# the mask head (walkthrough 07).
+# and the two box estimates and the two probabilities of the detected class are averaged
+# ("iterative box regression"; Cascade R-CNN averages its stages' class scores the same way). On
+# the shipped model it adds about 2 box AP, most of it at IoU 0.85–0.95; a detection the head
+# no longer believes in at its refined box (a fragment, the wrong class) loses score.
+# `model.predict` does exactly this, then runs the mask head (walkthrough 07).
 
 # %%
 cand_boxes = boxes_all[:, 1:].reshape(-1, 4)
@@ -232,15 +241,24 @@ print(f"{len(cand_boxes)} (proposal, class) candidates -> score > {cfg.box_score
 if cfg.box_refine and len(det_boxes):
     det_rois = np.concatenate([np.zeros((len(det_boxes), 1), det_boxes.dtype), det_boxes], axis=1)
     again_feats, _ = heads.pool(features[:4], det_rois, cfg.box_pool_size)
-    _, again_deltas = heads.box_predictor(heads.box_head(again_feats))
-    again_deltas = again_deltas.reshape(len(det_boxes), -1, 4)[np.arange(len(det_boxes)), det_labels]
+    again_logits, again_deltas = heads.box_predictor(heads.box_head(again_feats))
+    rows = np.arange(len(det_boxes))
+    again_deltas = again_deltas.reshape(len(det_boxes), -1, 4)[rows, det_labels]
     again = clip_boxes(heads.box_coder.decode(again_deltas, det_boxes).reshape(-1, 4), image_size)
+    again_probs = softmax(again_logits)[rows, det_labels]
     moved = np.abs(again - det_boxes).max(axis=1)
     print(f"second look: the box head moves its own boxes by {np.median(moved):.2f} px (median "
           f"of the largest side shift); final box = average of both looks")
+    log("second-look probability of the detected class", again_probs)
     det_boxes = 0.5 * (det_boxes + again)
+    det_scores = 0.5 * (det_scores + again_probs)
+# predict also multiplies each score by its mask's confidence (walkthrough 07) and sorts by the
+# result, so compare the two as sets of boxes
 pred = model.predict([image])[0]
-assert np.allclose(pred["boxes"], det_boxes, atol=1e-4), "step-by-step detections differ from predict"
+rows_in_order = lambda b: b[np.lexsort(b.T[::-1])]                    # noqa: E731
+assert len(pred["boxes"]) == len(det_boxes) and np.allclose(
+    rows_in_order(pred["boxes"]), rows_in_order(det_boxes), atol=1e-4), \
+    "step-by-step detections differ from predict"
 
 fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
 axes[0].imshow(image)

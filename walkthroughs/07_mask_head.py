@@ -11,7 +11,9 @@
 # 3. the paste back into the image (bilinear, threshold 0.5) and its IoU with the ground-truth
 #    mask — `roi_heads.paste_masks`;
 # 4. the K sigmoid channels of one RoI: no softmax across classes; only the channel of the
-#    predicted (at training: the ground-truth) class is used, the others are never compared.
+#    predicted (at training: the ground-truth) class is used, the others are never compared;
+# 5. the score of a detection multiplied by its mask confidence (`Config.mask_rescore`) —
+#    `roi_heads.mask_confidence`.
 #
 # The model is `data/shapes_maskrcnn.npz` (or `$NPMASKRCNN_MODEL`); without it an untrained one.
 
@@ -28,7 +30,7 @@ except ImportError:  # a checkout without `pip install -e .`: use the repo this 
     sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
 
 from npmaskrcnn import viz
-from npmaskrcnn.roi_heads import paste_masks, project_masks_on_boxes
+from npmaskrcnn.roi_heads import mask_confidence, paste_masks, project_masks_on_boxes
 from npmaskrcnn.shapes import ShapesDataset
 from npmaskrcnn.viz import log, save_figure
 
@@ -158,3 +160,41 @@ fig.suptitle(f"RoI {chosen[j]} (a {model.class_names[roi_labels[j] - 1]}): sigmo
              f"K={len(all_probs)} mask channels", fontsize=11, y=1.02)
 fig.tight_layout()
 save_figure(fig, "07_per_class_channels")
+
+# %% [markdown]
+# ## 5. Rescoring by mask confidence
+#
+# The class score says how sure the box head is that the box holds a square, say; it says
+# nothing about whether the mask head could outline it. With `mask_rescore` (on in the shapes
+# preset; not in the paper) each detection's score is multiplied by its mask confidence, the mean
+# probability over the cells of its own mask. A crisp mask keeps its score (confidence ~0.95);
+# a detection whose mask hovers near 0.5 — a fragment of a half-hidden shape, a box on two
+# objects — drops down the ranking, which is what AP rewards. Mask Scoring R-CNN (Huang et al.,
+# CVPR 2019) learns a mask-IoU head for the same multiplication; this needs no training. On
+# the shipped model it adds about 0.7 mask AP and 0.2 mask AP50 (500 held-out images).
+
+# %%
+image_dets = model.predict([image])[0]
+det_rois = np.concatenate([np.zeros((len(image_dets["boxes"]), 1), np.float32), image_dets["boxes"]], 1)
+det_feats, _ = heads.pool(features[:4], det_rois, cfg.mask_pool_size)
+det_probs = heads.mask_probs(heads.mask_head(det_feats), image_dets["labels"])     # (D, 28, 28)
+confidence = mask_confidence(det_probs, cfg.mask_threshold)
+log("mask confidence of each detection", confidence)
+print("   final score  mask confidence  class  (score = box-head score x mask confidence)")
+for k in range(min(len(confidence), 8)):
+    print(f"   {image_dets['scores'][k]:10.3f}  {confidence[k]:15.3f}  "
+          f"{model.class_names[image_dets['labels'][k] - 1]}")
+if len(confidence):
+    order = np.argsort(-confidence)
+    picks = [order[0], order[-1]] if len(order) > 1 else [order[0]]
+    fig, axes = plt.subplots(1, len(picks), figsize=(3.6 * len(picks), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], picks):
+        ax.imshow(det_probs[k], cmap="viridis", vmin=0, vmax=1)
+        ax.contour(det_probs[k], levels=[cfg.mask_threshold], colors="red", linewidths=1)
+        ax.set_title(f"{model.class_names[image_dets['labels'][k] - 1]}, score "
+                     f"{image_dets['scores'][k]:.2f}\nmask confidence {confidence[k]:.3f}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("most and least confident mask of one image (red: the 0.5 outline)", fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, "07_mask_confidence")
