@@ -457,6 +457,8 @@ def add_evaluate_args(p):
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override an inference option of the model's config (repeatable): "
                         + ", ".join(INFERENCE_FIELDS) + "; e.g. --set box_refine=false")
+    p.add_argument("--errors", action="store_true",
+                   help="also break the mask AP50 down by error type (evaluate.error_breakdown)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -494,7 +496,8 @@ def set_inference_options(model, items):
 def cmd_evaluate(args):
     """COCO box and mask AP of --model. Returns the exit code."""
     from .coco import write_json_atomic
-    from .evaluate import evaluate_model, format_metrics
+    from .evaluate import (error_breakdown, evaluate_predictions, format_errors, format_metrics,
+                           predict_dataset)
 
     if args.num_images < 1 or args.batch_size < 1:
         raise CLIError(f"--{'num-images' if args.num_images < 1 else 'batch-size'}: expected a "
@@ -520,10 +523,14 @@ def cmd_evaluate(args):
         source = f"{args.num_images} shapes images, seed {args.seed}"
     print(f"evaluating {args.model} on {source}")
     t0 = time.perf_counter()
-    metrics = evaluate_model(model, dataset, batch_size=args.batch_size, results_path=args.results,
-                             progress=not args.no_progress)
+    predictions = predict_dataset(model, dataset, batch_size=args.batch_size,
+                                  progress=not args.no_progress)
+    metrics = evaluate_predictions(predictions, dataset, results_path=args.results)
     print(format_metrics(metrics))
     print(f"({len(dataset)} images in {time.perf_counter() - t0:.1f} s)")
+    if args.errors:
+        print()
+        print(format_errors(error_breakdown(predictions, dataset, "segm", 0.5, min_score=0.3)))
     if args.results:
         print(f"COCO results written to {args.results}")
     if args.json:

@@ -223,6 +223,117 @@ def evaluate_model(model, dataset, batch_size=8, results_path=None, progress=Fal
     return evaluate_predictions(predictions, dataset, results_path=results_path)
 
 
+ERROR_TYPES = ("class", "duplicate", "localization", "background")
+
+
+def _match_image(pred, target, iou_type, iou_threshold):
+    """COCO-style greedy matching of one image's detections at one IoU threshold.
+
+    Detections in descending score order each take the unmatched ground truth of their own class
+    with the highest IoU, if it reaches `iou_threshold` (as COCOeval does, without crowd
+    regions). An unmatched detection is typed by its best IoU with *any* ground truth:
+    "class" (>= threshold, another class), "duplicate" (>= threshold, its own class, already
+    taken), "localization" (0.1 up to the threshold) or "background" (< 0.1).
+
+    Returns:
+    - kinds: (D,) object array: "tp" or one of ERROR_TYPES
+    - missed: (M,) bool, ground truth no detection matched
+    """
+    from pycocotools import mask as mask_utils
+
+    gt_labels = np.asarray(target["labels"])
+    labels, scores = np.asarray(pred["labels"]), np.asarray(pred["scores"])
+    d, m = len(labels), len(gt_labels)
+    if d and m:
+        if iou_type == "segm":
+            gt = encode_masks(np.asarray(target["masks"]).astype(bool))
+            dt = encode_masks(np.asarray(pred["masks"]).astype(bool))
+        else:
+            gt = [[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2 in np.asarray(target["boxes"], np.float64)]
+            dt = [[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2 in np.asarray(pred["boxes"], np.float64)]
+        iou = np.asarray(mask_utils.iou(dt, gt, [0] * m)).reshape(d, m)
+    else:
+        iou = np.zeros((d, m))
+    taken = np.zeros(m, bool)
+    kinds = np.empty(d, dtype=object)
+    for j in np.argsort(-scores, kind="stable"):
+        free = (gt_labels == labels[j]) & ~taken
+        cand = np.where(free, iou[j], -1.0)
+        if m and cand.max() >= iou_threshold:
+            taken[int(np.argmax(cand))] = True
+            kinds[j] = "tp"
+            continue
+        best = int(np.argmax(iou[j])) if m else -1
+        top = iou[j, best] if m else 0.0
+        if top >= iou_threshold:
+            kinds[j] = "class" if gt_labels[best] != labels[j] else "duplicate"
+        else:
+            kinds[j] = "localization" if top >= 0.1 else "background"
+    return kinds, ~taken
+
+
+def error_breakdown(predictions, dataset, iou_type="segm", iou_threshold=0.5, min_score=0.0):
+    """Where the AP at one IoU threshold goes: false positives by type, and misses.
+
+    The false positives are typed as in `_match_image`; for each type, AP50 (AP at
+    `iou_threshold`; COCOeval) is recomputed with the detections of that type removed, which
+    says how much that kind of error costs. With all false positives removed, what is left below
+    100 is the misses.
+
+    Inputs:
+    - predictions, dataset: as `evaluate_predictions`
+    - iou_type: "segm" or "bbox"; iou_threshold: 0.5 or 0.75 (a COCOeval threshold)
+    - min_score: count only false positives scoring at least this (all are removed for the AP)
+    Returns:
+    - report: {"AP": AP at the threshold, "objects", "true_positives", "missed": counts,
+      "false_positives": {type: count}, "AP_without": {type: AP at the threshold without it,
+      and "all": without any false positive}}
+    """
+    key = {0.5: "AP50", 0.75: "AP75"}.get(iou_threshold)
+    if key is None:
+        raise ValueError(f"iou_threshold: expected 0.5 or 0.75, got {iou_threshold!r}")
+    if iou_type not in ("segm", "bbox"):
+        raise ValueError(f"iou_type: expected 'segm' or 'bbox', got {iou_type!r}")
+    if len(predictions) != len(dataset):
+        raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
+    kinds, counts = [], {t: 0 for t in ERROR_TYPES}
+    objects = missed = 0
+    for pred, i in zip(predictions, range(len(dataset))):
+        k, miss = _match_image(pred, dataset[i][1], iou_type, iou_threshold)
+        kinds.append(k)
+        objects += miss.size
+        missed += int(miss.sum())
+        strong = np.asarray(pred["scores"]) >= min_score
+        for t in ERROR_TYPES:
+            counts[t] += int(((k == t) & strong).sum())
+
+    def ap_keeping(keep):
+        kept = [{name: (np.asarray(v)[keep(k)] if name in ("boxes", "labels", "scores", "masks") else v)
+                 for name, v in p.items()} for p, k in zip(predictions, kinds)]
+        return evaluate_predictions(kept, dataset, iou_types=(iou_type,))[iou_type][key]
+
+    without = {t: ap_keeping(lambda k, t=t: k != t) for t in ERROR_TYPES}
+    without["all"] = ap_keeping(lambda k: k == "tp")
+    return {"AP": ap_keeping(lambda k: np.ones(len(k), bool)), "objects": objects,
+            "true_positives": objects - missed, "missed": missed, "false_positives": counts,
+            "AP_without": without, "iou_type": iou_type, "iou_threshold": iou_threshold,
+            "min_score": min_score}
+
+
+def format_errors(report):
+    """The error breakdown as a few lines of text (percent)."""
+    t, thr = report["iou_type"], report["iou_threshold"]
+    lines = [f"{t} AP at IoU {thr}: {100 * report['AP']:.2f}; {report['objects']} objects, "
+             f"{report['missed']} never matched",
+             f"false positives (score >= {report['min_score']}) and the AP without them:"]
+    for name in ERROR_TYPES:
+        lines.append(f"  {name:<13}{report['false_positives'][name]:>6}   "
+                     f"{100 * report['AP_without'][name]:.2f}")
+    lines.append(f"  {'all':<13}{sum(report['false_positives'].values()):>6}   "
+                 f"{100 * report['AP_without']['all']:.2f}  (what the misses leave)")
+    return "\n".join(lines)
+
+
 def _percent(value):
     """Inputs: a fraction or NaN. Returns: it in percent with one decimal, "-" if NaN."""
     return "-" if value != value else f"{100.0 * value:.1f}"

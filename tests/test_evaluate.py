@@ -187,3 +187,57 @@ def test_format_metrics(dataset):
     assert lines[1].split()[:2] == ["bbox", "100.0"] and lines[2].split()[:2] == ["segm", "100.0"]
     assert lines[1].split()[-1] == "-"  # APl undefined
     assert any(line.split() == ["triangle", "100.0", "100.0"] for line in lines)
+
+
+def test_error_breakdown_perfect_and_empty(dataset):
+    from npmaskrcnn.evaluate import error_breakdown, format_errors
+
+    report = error_breakdown(perfect_predictions(dataset), dataset)
+    n = sum(len(dataset[i][1]["labels"]) for i in range(len(dataset)))
+    assert report["objects"] == report["true_positives"] == n and report["missed"] == 0
+    assert report["false_positives"] == {"class": 0, "duplicate": 0, "localization": 0, "background": 0}
+    assert report["AP"] == pytest.approx(1.0) and report["AP_without"]["all"] == pytest.approx(1.0)
+    empty = error_breakdown(empty_predictions(dataset), dataset, "bbox", 0.75)
+    assert empty["missed"] == n and empty["AP"] == 0.0
+    assert "never matched" in format_errors(report)
+
+
+def test_error_breakdown_types_each_false_positive():
+    """One image, each kind of false positive added once to the perfect detections."""
+    from npmaskrcnn.evaluate import error_breakdown
+
+    sub = next(d for d in (ShapesDataset(1, seed=s) for s in range(50))
+               if len(set(d[0][1]["labels"].tolist())) >= 2)
+    t = sub[0][1]
+    perfect = perfect_predictions(sub)[0]
+    other = next(c for c in (1, 2, 3) if c != t["labels"][0])
+    m0, b0 = t["masks"][0], t["boxes"][0]
+    rows = np.flatnonzero(m0.any(axis=1))
+    part = m0 & (np.arange(128)[:, None] < rows[0] + max(2, int(0.4 * len(rows))))  # its top 40 %
+    far = np.zeros_like(m0)
+    far[0:2, 0:2] = True
+    far &= ~t["masks"].any(axis=0)
+    extra = [(m0, b0, other, 0.97),                          # another class on object 0: "class"
+             (m0, b0, t["labels"][0], 0.96),                 # a second copy: "duplicate"
+             (part, b0, t["labels"][0], 0.95),               # a part of it: "localization"
+             (far, np.array([0, 0, 2, 2.0]), t["labels"][0], 0.94)]       # nothing: "background"
+    pred = {"boxes": np.concatenate([perfect["boxes"], [e[1] for e in extra]]),
+            "labels": np.concatenate([perfect["labels"], [e[2] for e in extra]]),
+            "scores": np.concatenate([np.full(len(perfect["labels"]), 0.5), [e[3] for e in extra]]),
+            "masks": np.concatenate([perfect["masks"], [e[0] for e in extra]])}
+    iou_part = (part & m0).sum() / (part | m0).sum()
+    assert 0.1 <= iou_part < 0.5
+    report = error_breakdown([pred], sub)
+    assert report["false_positives"] == {"class": 1, "duplicate": 1, "localization": 1, "background": 1}
+    assert report["missed"] == 0 and report["AP"] < 1.0
+    assert report["AP_without"]["all"] == pytest.approx(1.0)
+    for kind in ("class", "duplicate", "localization", "background"):
+        assert report["AP"] <= report["AP_without"][kind] <= 1.0
+    # the copy at 0.96 outranks the right detection (0.5), so COCO's matching takes the copy and
+    # the 0.5 one becomes the duplicate: below min_score 0.955 it is not counted
+    assert error_breakdown([pred], sub, min_score=0.955)["false_positives"] == {
+        "class": 1, "duplicate": 0, "localization": 0, "background": 0}
+    with pytest.raises(ValueError, match="iou_threshold"):
+        error_breakdown([pred], sub, iou_threshold=0.6)
+    with pytest.raises(ValueError, match="iou_type"):
+        error_breakdown([pred], sub, iou_type="keypoints")
