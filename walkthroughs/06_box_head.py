@@ -31,7 +31,8 @@ except ImportError:  # a checkout without `pip install -e .`: use the repo this 
     sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
 
 from npmaskrcnn import viz
-from npmaskrcnn.boxes import batched_nms, box_iou, clip_boxes, remove_small_boxes
+from npmaskrcnn.boxes import (BalancedPositiveNegativeSampler, batched_nms, box_iou, clip_boxes,
+                             remove_small_boxes)
 from npmaskrcnn.roi_ops import assign_fpn_levels
 from npmaskrcnn.shapes import ShapesDataset
 from npmaskrcnn.viz import log, save_figure
@@ -62,17 +63,47 @@ log("proposals", proposals[0])
 # the copies give the box head more positives to learn classes and box offsets from). Every RoI
 # takes the class of the ground truth it overlaps at IoU ≥ 0.5, or background, and a sample of
 # `box_batch_size_per_image` = 128 RoIs with at most 25 % positives is drawn.
+#
+# The paper draws the background RoIs at random. Most proposals are plain background (IoU ~0
+# with every object), so the rare ones that cover *part* of an object — the hard negatives, what
+# a fragment of a half-hidden shape looks like — seldom make it into a batch. With
+# `box_neg_iou_bins` = 3 (the shapes preset; Libra R-CNN's IoU-balanced sampling) the range
+# [0, 0.5) is cut into 3 IoU bins and each bin supplies a third of the negatives (all of a bin
+# when it has fewer). Below: the negatives' IoU with their nearest object, both ways.
 
 # %%
-rois, labels, reg_targets, matched, _ = heads.sample_proposals(proposals, [target],
+model.train()                                               # training keeps 300 proposals, not 100
+train_proposals, _ = model.rpn(features, image_size, [target["boxes"]], np.random.default_rng(0))
+model.eval()
+model.clear_caches()
+rois, labels, reg_targets, matched, _ = heads.sample_proposals(train_proposals, [target],
                                                                np.random.default_rng(0))
 log("sampled rois", rois)
 log("sampled labels", labels)
 log("box regression targets", reg_targets[labels > 0])
 n_pos = int((labels > 0).sum())
 n_gt = len(target["boxes"])
-print(f"{len(proposals[0])} proposals + {n_gt} gt + {n_gt * cfg.box_jitter_per_gt} jittered gt "
+print(f"{len(train_proposals[0])} proposals + {n_gt} gt + {n_gt * cfg.box_jitter_per_gt} jittered gt "
       f"-> sampled {len(rois)} RoIs: {n_pos} positive, {len(rois) - n_pos} background")
+
+
+def negative_iou_counts(sampled_rois, sampled_labels):
+    """How many sampled negatives fall in IoU [0, 1/6), [1/6, 1/3), [1/3, 1/2) with a gt box."""
+    iou = box_iou(target["boxes"], sampled_rois[sampled_labels == 0, 1:]).max(axis=0)
+    return np.histogram(iou, bins=[0, 1 / 6, 1 / 3, 0.5])[0]
+
+
+balanced_sampler = heads.sampler
+heads.sampler = BalancedPositiveNegativeSampler(cfg.box_batch_size_per_image, cfg.box_positive_fraction)
+random_rois, random_labels, _, _, _ = heads.sample_proposals(train_proposals, [target],
+                                                             np.random.default_rng(0))
+heads.sampler = balanced_sampler
+print(f"{'negatives by IoU with their nearest object':<44}"
+      f"{'[0, 1/6)':>10}{'[1/6, 1/3)':>12}{'[1/3, 1/2)':>12}")
+for name, counts in (("random (paper)", negative_iou_counts(random_rois, random_labels)),
+                     (f"this model (box_neg_iou_bins={cfg.box_neg_iou_bins})",
+                      negative_iou_counts(rois, labels))):
+    print(f"  {name:<42}{counts[0]:>10}{counts[1]:>12}{counts[2]:>12}")
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 5.6))
 for ax, sel, title in ((axes[0], labels > 0, f"positives ({n_pos}), colour of their gt"),
