@@ -454,12 +454,16 @@ def add_evaluate_args(p):
     p.add_argument("--batch-size", type=int, default=8, help="images per predict call")
     p.add_argument("--results", metavar="PATH", help="write the COCO results JSON here")
     p.add_argument("--json", metavar="PATH", help="write the metrics as JSON here")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override an inference option of the model's config (repeatable): "
-                        + ", ".join(INFERENCE_FIELDS) + "; e.g. --set box_refine=false")
+    add_inference_set_arg(p)
     p.add_argument("--errors", action="store_true",
                    help="also break the mask AP50 down by error type (evaluate.error_breakdown)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_inference_set_arg(p):
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override an inference option of the model's config (repeatable): "
+                        + ", ".join(INFERENCE_FIELDS) + "; e.g. --set test_flip=true")
 
 
 INFERENCE_FIELDS = ("box_refine", "mask_rescore", "test_flip", "box_from_mask", "box_score_thresh",
@@ -547,6 +551,7 @@ def add_predict_args(p):
                    help="folder for <name>.png figures and detections.json (default: %(default)s)")
     p.add_argument("--score-thresh", type=float, default=0.5,
                    help="keep detections scoring at least this (default: %(default)s)")
+    add_inference_set_arg(p)
 
 
 def cmd_predict(args):
@@ -559,6 +564,7 @@ def cmd_predict(args):
     score_thresh_arg(args.score_thresh)
     images = [read_image(path, "IMAGE") for path in args.images]
     model = load_model_arg(args.model)
+    set_inference_options(model, args.set)
     out = output_dir(args.out, "--out")
     names, used, entries = model.class_names, set(), []
     for path, image in zip(args.images, images):
@@ -599,6 +605,7 @@ def add_demo_args(p):
                    help="the figure (default: %(default)s)")
     p.add_argument("--score-thresh", type=float, default=0.5,
                    help="keep detections scoring at least this (default: %(default)s)")
+    add_inference_set_arg(p)
 
 
 def cmd_demo(args):
@@ -613,6 +620,7 @@ def cmd_demo(args):
         raise CLIError(f"--seed: expected a non-negative integer, got {args.seed}")
     score_thresh_arg(args.score_thresh)
     model = load_model_arg(args.model)
+    set_inference_options(model, args.set)
     output_file(args.out, "--out")
     dataset = shapes_dataset(args.num_images, args.seed, model.config.image_size)
     images = [dataset[i][0] for i in range(len(dataset))]

@@ -410,6 +410,8 @@ def test_config_refuses_out_of_range_fields(field, value):
     (["evaluate", "--set", "lr=1"], r"--set: 'lr' is not an inference option"),
     (["evaluate", "--set", "box_refine"], r"--set: expected key=value"),
     (["evaluate", "--set", "box_nms_thresh=2"], r"--set: Config.box_nms_thresh"),
+    (["demo", "--set", "seed=1"], r"--set: 'seed' is not an inference option"),
+    (["demo", "--set", "test_flip=maybe"], r"--set: Config.test_flip"),
     (["predict", "{tmp}/missing.png"], r"IMAGE: no such file"),
     (["predict", "--model", "{tmp}/img.png", "{tmp}/img.png"], r"IMAGE: cannot read"),
     (["predict", "--score-thresh", "1.5", "{tmp}/img.png"], r"--score-thresh"),

@@ -165,6 +165,20 @@ def test_predict_writes_figure_and_detections(capsys, trained, png, tmp_path):
     assert np.array_equal(decode_segmentation(det["mask"], 32, 32), expected["masks"][0])
 
 
+def test_predict_with_inference_options(capsys, trained, png, tmp_path):
+    """--set test_flip=true: the detections JSON holds what model.predict gives with it."""
+    out_dir = tmp_path / "pred"
+    code, _, _ = cli(capsys, "predict", "--model", trained / "model.npz", png, "--out", out_dir,
+                     "--score-thresh", 0.0, "--set", "test_flip=true", "--set", "box_score_thresh=0.2")
+    assert code == 0
+    (entry,) = json.loads((out_dir / "detections.json").read_text())["images"]
+    model = load_model(trained / "model.npz")
+    model.config.test_flip = model.roi_heads.cfg.test_flip = True
+    model.config.box_score_thresh = model.roi_heads.cfg.box_score_thresh = 0.2
+    expected = model.predict(np.asarray(Image.open(png).convert("RGB")))[0]
+    assert [d["score"] for d in entry["detections"]] == pytest.approx(expected["scores"].tolist(), rel=1e-6)
+
+
 def test_demo_with_the_trained_model(capsys, trained, tmp_path):
     figure = tmp_path / "out" / "demo.png"
     code, out, _ = cli(capsys, "demo", "--model", trained / "model.npz", "--out", figure,
