@@ -296,6 +296,8 @@ def error_breakdown(predictions, dataset, iou_type="segm", iou_threshold=0.5, mi
         raise ValueError(f"iou_type: expected 'segm' or 'bbox', got {iou_type!r}")
     if len(predictions) != len(dataset):
         raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
+    if iou_type == "segm" and not all(isinstance(p, dict) and "masks" in p for p in predictions):
+        raise ValueError("predictions: iou_type 'segm' needs 'masks' in every prediction")
     kinds, counts = [], {t: 0 for t in ERROR_TYPES}
     objects = missed = 0
     for pred, i in zip(predictions, range(len(dataset))):

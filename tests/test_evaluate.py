@@ -241,3 +241,7 @@ def test_error_breakdown_types_each_false_positive():
         error_breakdown([pred], sub, iou_threshold=0.6)
     with pytest.raises(ValueError, match="iou_type"):
         error_breakdown([pred], sub, iou_type="keypoints")
+    boxes_only = {k: v for k, v in pred.items() if k != "masks"}
+    with pytest.raises(ValueError, match="needs 'masks'"):
+        error_breakdown([boxes_only], sub)
+    assert error_breakdown([boxes_only], sub, "bbox")["true_positives"] == len(t["labels"])
