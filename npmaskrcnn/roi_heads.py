@@ -2,7 +2,9 @@
 
 Training: the ground-truth boxes join the proposals, each proposal is matched to a ground-truth
 box (IoU >= 0.5 foreground, else background), a balanced sample of RoIs is drawn per image
-(25% foreground), and their features are pooled from the FPN level their size selects (7x7).
+(25% foreground; the shapes preset adds jittered copies of the ground truth and draws the
+background IoU-balanced), and their features are pooled from the FPN level their size selects
+(7x7).
 The box head (two FC layers) and predictor give K+1 class logits and class-specific deltas:
 `loss_classifier` (softmax CE) and `loss_box_reg` (smooth L1 on the foreground's own class).
 The foreground RoIs are pooled again (14x14) for the mask head (4 x conv3x3+GN+ReLU, a 2x2
@@ -11,7 +13,10 @@ ground-truth mask resampled into the RoI (RoIAlign on the mask), and `loss_mask`
 sigmoid BCE on the ground-truth class's channel only: masks do not compete across classes.
 
 Inference: per-class decoding, score threshold, per-class NMS, top 100, then the mask head on the
-detections and the 28x28 probabilities pasted into the image and thresholded at 0.5.
+detections and the 28x28 probabilities pasted into the image and thresholded at 0.5. Not in the
+paper, each optional: a second look of the box head at its detections (`box_refine`, box and
+class probability averaged), the same in the mirrored image (`test_flip`), and the score times
+the mask's confidence (`mask_rescore`).
 
 Shape shorthand:
     N images, R sampled RoIs (all images), P positive RoIs, K classes, Kc mask channels
