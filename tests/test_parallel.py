@@ -171,3 +171,13 @@ def test_workers_start_from_a_script_without_a_main_guard(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("top level ran") == 1 and "steps 2" in out.stdout
+
+
+def test_keep_freed_memory_sets_the_malloc_thresholds():
+    """On glibc (these machines) both mallopt calls succeed; elsewhere it is a no-op."""
+    import platform
+
+    from npmaskrcnn.parallel import keep_freed_memory
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is expected
