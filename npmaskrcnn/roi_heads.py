@@ -474,7 +474,7 @@ class RoIHeads(Module):
             det_rois[:, 1:] = box_sum / (1 + len(views))
             scores = score_sum / (1 + len(views))
         # 7) masks of the detections (averaged with the mirror view's, mirrored back)
-        h, w = image_size
+        w = image_size[1]
         m = 2 * cfg.mask_pool_size
         mask_probs = np.zeros((0, m, m), dtype)
         if d:
