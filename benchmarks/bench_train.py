@@ -35,6 +35,7 @@ sys.path.insert(0, ROOT)
 
 from npmaskrcnn import roi_heads as roi_heads_mod  # noqa: E402
 from npmaskrcnn import rpn as rpn_mod  # noqa: E402
+from npmaskrcnn import batches as batches_mod  # noqa: E402
 from npmaskrcnn import train as train_mod  # noqa: E402
 from npmaskrcnn.config import Config  # noqa: E402
 from npmaskrcnn.model import MaskRCNN  # noqa: E402
@@ -121,7 +122,7 @@ def make_batch(cfg, seed=0):
     """The batch train() would draw at step 0 (same dataset parameters as `train`)."""
     s = cfg.image_size
     ds = ShapesDataset(1000, seed=seed, image_size=s, min_size=max(8, s // 8), max_size=s // 2)
-    return ds, train_mod.get_batch(ds, 0, cfg)
+    return ds, batches_mod.get_batch(ds, 0, cfg)
 
 
 def bench_training(cfg, iters, warmup):
@@ -170,18 +171,19 @@ STARTUP_SCRIPT = r"""
 import json, sys, time
 t0 = time.perf_counter()
 sys.path.insert(0, {root!r})
+import npmaskrcnn.batches as B
 import npmaskrcnn.train as T
 from npmaskrcnn.config import Config
 from npmaskrcnn.model import MaskRCNN
 from npmaskrcnn.shapes import ShapesDataset
 t1 = time.perf_counter()
-cfg = Config()
+cfg = Config.shipped()
 s = cfg.image_size
 ds = ShapesDataset(100, seed=0, image_size=s, min_size=max(8, s // 8), max_size=s // 2)
 model = MaskRCNN(cfg, ds.class_names)
 opt = T.make_optimizer(model, cfg)
 t2 = time.perf_counter()
-images, targets = T.get_batch(ds, 0, cfg)
+images, targets = B.get_batch(ds, 0, cfg)
 T.train_step(model, opt, images, targets, 0, cfg)
 t3 = time.perf_counter()
 T.train_step(model, opt, images, targets, 1, cfg)
@@ -222,7 +224,7 @@ def main():
     args = ap.parse_args()
 
     import numba
-    cfg = Config()
+    cfg = Config.shipped()
     print(f"config: shapes preset, {cfg.image_size}x{cfg.image_size}, batch {cfg.batch_size}; "
           f"numba threads {numba.get_num_threads()}, cpus {os.cpu_count()}, "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "

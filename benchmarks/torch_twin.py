@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from npmaskrcnn.mask_head import mask_targets
 from npmaskrcnn.roi_ops import assign_fpn_levels
 from npmaskrcnn.rpn import flatten_head_outputs  # noqa: F401  (the order the twin reproduces)
 
@@ -132,15 +133,23 @@ class BoxPredictor(nn.Module):
 
 
 class MaskHead(nn.Module):
-    def __init__(self, in_ch, ch, num_convs, out_ch, groups):
+    def __init__(self, in_ch, ch, num_convs, groups):
         super().__init__()
         self.convs = nn.Sequential(*[nn.Sequential(nn.Conv2d(in_ch if i == 0 else ch, ch, 3, 1, 1, bias=False),
                                                    gn(groups, ch), nn.ReLU()) for i in range(num_convs)])
         self.deconv = nn.ConvTranspose2d(ch, ch, 2, 2)
-        self.predictor = nn.Conv2d(ch, out_ch, 1)
 
     def forward(self, x):
-        return self.predictor(F.relu(self.deconv(self.convs(x))))
+        return F.relu(self.deconv(self.convs(x)))
+
+
+class MaskPredictor(nn.Module):
+    def __init__(self, ch, out_ch):
+        super().__init__()
+        self.mask_fcn_logits = nn.Conv2d(ch, out_ch, 1)
+
+    def forward(self, x):
+        return self.mask_fcn_logits(x)
 
 
 class RoIHeads(nn.Module):
@@ -150,11 +159,13 @@ class RoIHeads(nn.Module):
         self.box_head = BoxHead(cfg.fpn_channels * cfg.box_pool_size ** 2, cfg.box_fc_dim)
         self.box_predictor = BoxPredictor(cfg.box_fc_dim, k)
         out = (1 if cfg.class_agnostic_masks else k) + (1 if cfg.mask_loss == "softmax" else 0)
-        self.mask_head = MaskHead(cfg.fpn_channels, cfg.mask_channels, cfg.mask_num_convs, out, cfg.gn_groups)
+        self.mask_head = MaskHead(cfg.fpn_channels, cfg.mask_channels, cfg.mask_num_convs, cfg.gn_groups)
+        self.mask_predictor = MaskPredictor(cfg.mask_channels, out)
 
 
 class TwinMaskRCNN(nn.Module):
-    """backbone / rpn.head / roi_heads.{box_head, box_predictor, mask_head}, named as in npmaskrcnn."""
+    """backbone / rpn.head / roi_heads.{box_head, box_predictor, mask_head, mask_predictor}, named
+    as in npmaskrcnn."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -323,9 +334,9 @@ def training_losses(twin, np_model, images, targets, rng, replay=None, record=No
     # RoI sampling (no gradient)
     rh = np_model.roi_heads
     if replay is not None:
-        rois, cls_labels, reg_targets, matched, image_idx, mask_idx = replay["roi"]
+        rois, cls_labels, reg_targets, matched, mask_idx = replay["roi"]
     else:
-        rois, cls_labels, reg_targets, matched, image_idx = rh.sample_proposals(proposals, targets, rng)
+        rois, cls_labels, reg_targets, matched = rh.sample_proposals(proposals, targets, rng)
     box_feats = twin.pool(features[:4], rois, cfg.box_pool_size)
     class_logits, box_deltas = twin.roi_heads.box_predictor(twin.roi_heads.box_head(box_feats))
     r = rois.shape[0]
@@ -335,15 +346,15 @@ def training_losses(twin, np_model, images, targets, rng, replay=None, record=No
     d = box_deltas.reshape(r, -1, 4)[torch.from_numpy(posi), lab[posi]]
     loss_box = _smooth_l1_sum(d, torch.from_numpy(reg_targets[posi]), 1.0 / 9) / max(r, 1)
     if replay is None:
-        mask_idx = rh.select_mask_rois(cls_labels, image_idx, rng)
+        mask_idx = rh.select_mask_rois(rois, cls_labels, rng)
     loss_mask = box_deltas.new_zeros(())
     out = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_rpn_box, "loss_classifier": loss_cls,
            "loss_box_reg": loss_box}
     if mask_idx.size:
         mrois = rois[mask_idx]
         mask_feats = twin.pool(features[:4], mrois, cfg.mask_pool_size)
-        mask_logits = twin.roi_heads.mask_head(mask_feats)
-        mt = rh.mask_targets(targets, mrois, matched[mask_idx], image_idx[mask_idx], mask_logits.shape[-1])
+        mask_logits = twin.roi_heads.mask_predictor(twin.roi_heads.mask_head(mask_feats))
+        mt = mask_targets([t["masks"] for t in targets], mrois, matched[mask_idx], mask_logits.shape[-1])
         if cfg.mask_loss != "sigmoid":
             raise ValueError("the twin implements the sigmoid mask loss only")
         ch = np.zeros(mask_idx.size, np.int64) if cfg.class_agnostic_masks else cls_labels[mask_idx] - 1
@@ -408,7 +419,7 @@ def record_numpy_forward(np_model):
 def predict(twin, np_model, image):
     """Inference of the twin on one image, with npmaskrcnn's post-processing (detections as dicts)."""
     from npmaskrcnn.boxes import batched_nms, clip_boxes, remove_small_boxes
-    from npmaskrcnn.roi_heads import paste_masks
+    from npmaskrcnn.mask_head import mask_probs, paste_masks
     cfg = twin.cfg
     was = np_model.training
     np_model.eval()
@@ -437,8 +448,10 @@ def predict(twin, np_model, image):
         masks = np.zeros((0,) + tuple(image_size), bool)
         if len(b):
             drois = np.concatenate([np.zeros((len(b), 1), np.float32), b.astype(np.float32)], 1)
-            ml = twin.roi_heads.mask_head(twin.pool(features[:4], drois, cfg.mask_pool_size)).numpy()
-            masks = paste_masks(rh.mask_probs(ml, lab), b, image_size, cfg.mask_threshold)
+            ml = twin.roi_heads.mask_predictor(twin.roi_heads.mask_head(
+                twin.pool(features[:4], drois, cfg.mask_pool_size))).numpy()
+            masks = paste_masks(mask_probs(ml, lab, cfg.mask_loss, cfg.class_agnostic_masks), b,
+                                image_size, cfg.mask_threshold)
         return {"boxes": b, "labels": lab, "scores": s, "masks": masks}
     finally:
         np_model.train(was)

@@ -33,6 +33,7 @@ import numba  # noqa: E402
 import torch  # noqa: E402
 
 import torch_twin as tt  # noqa: E402
+from npmaskrcnn import batches as batches_mod  # noqa: E402
 from npmaskrcnn import train as train_mod  # noqa: E402
 from npmaskrcnn.config import Config  # noqa: E402
 from npmaskrcnn.model import MaskRCNN  # noqa: E402
@@ -122,8 +123,8 @@ def check_agreement(cfg, model, twin, images, targets, verbose=True):
         mf, _ = model.roi_heads.pool(feats_np, mrois, cfg.mask_pool_size)
         mft = twin.pool(list(ps_t[:4]), mrois, cfg.mask_pool_size)
         report(f"mask RoIAlign {tuple(mf.shape)}", mf, mft)
-        ml = model.roi_heads.mask_head(mf)
-        mlt = twin.roi_heads.mask_head(mft)
+        ml = model.roi_heads.mask_predictor(model.roi_heads.mask_head(mf))
+        mlt = twin.roi_heads.mask_predictor(twin.roi_heads.mask_head(mft))
         report(f"mask_logits {tuple(ml.shape)}", ml, mlt)
 
     # --- losses and gradients: NumPy forward/backward recorded, the twin replays it
@@ -203,7 +204,7 @@ def bench_stages(cfg, model, twin, images, iters):
     model.clear_caches()
     rec, undo = tt.record_numpy_forward(model)
     model.rng = np.random.default_rng([cfg.seed, 2, 0])
-    model.forward(images, [dict(t) for t in train_mod.get_batch(_ds_cache[0], 0, cfg)[1]])
+    model.forward(images, [dict(t) for t in batches_mod.get_batch(_ds_cache[0], 0, cfg)[1]])
     undo()
     model.clear_caches()
     rois, _, _, _, _, mask_idx = rec["roi"]
@@ -317,7 +318,7 @@ def main():
     cfg = Config()
     ds, model, twin = setup(cfg)
     _ds_cache.append(ds)
-    images, targets = train_mod.get_batch(ds, 0, cfg)
+    images, targets = batches_mod.get_batch(ds, 0, cfg)
     print(f"torch {torch.__version__}, threads: numba {threads}, torch {torch.get_num_threads()}; "
           f"load avg {os.getloadavg()[0]:.2f}; {model.num_params()} parameters")
     print(f"\n1) agreement, float32, batch {len(images)} of {cfg.image_size}x{cfg.image_size} "

@@ -21,10 +21,9 @@ import time
 from .checkpoint import save_model
 from .config import Config
 from .evaluate import evaluate_model
+from .config import VAL_SEED
 from .shapes import ShapesDataset
 from .train import train
-
-VAL_SEED = 10_000
 
 VARIANTS = {                        # name -> the one switch that differs from the baseline
     "roi_align": {},
@@ -44,28 +43,13 @@ PAPER = {
 }
 
 
-def add_arguments(p):
-    p.add_argument("--steps", type=int, default=600, help="training steps per variant (default: %(default)s)")
-    p.add_argument("--stride", type=int, default=16, choices=(4, 8, 16, 32),
-                   help="the single feature stride the RoI heads pool from (default: %(default)s)")
-    p.add_argument("--variants", default=",".join(VARIANTS),
-                   help="comma-separated subset of: " + ", ".join(VARIANTS))
-    p.add_argument("--eval-images", type=int, default=200, help="held-out shapes images (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="training seed, the same for every variant")
-    p.add_argument("--out", default=os.path.join("runs", "ablation"), help="run folder (default: %(default)s)")
-    p.add_argument("--save-dir", default=os.path.join("data", "ablation"),
-                   help="where the RoIAlign / RoIPool models and the table go (default: %(default)s)")
-
-
 def base_config(steps, stride, seed):
-    """The ablation network: the shapes preset with one block per stage (to fit six runs in
-    the budget of one), RoI features from the single level of the given stride, and the paper's
-    Mask R-CNN otherwise: the preset's additions (jittered gt RoIs, IoU-balanced negatives, the
-    second box look, mask-confidence rescoring) off, and the whole batch as one gradient shard."""
+    """The ablation network: the paper's Mask R-CNN on shapes (Config.paper()) with one block per
+    stage (to fit six runs in the budget of one), RoI features from the single level of the
+    given stride, and the whole batch as one gradient shard."""
     level = {4: 2, 8: 3, 16: 4, 32: 5}[stride]
-    return Config(stage_blocks=(1, 1, 1, 1), train_steps=steps, seed=seed, pooler_levels=(level,),
-                  warmup_steps=min(200, steps // 4), box_jitter_per_gt=0, box_neg_iou_bins=0,
-                  box_refine=False, mask_rescore=False, grad_shards=1)
+    return Config.paper(stage_blocks=(1, 1, 1, 1), train_steps=steps, seed=seed, pooler_levels=(level,),
+                        warmup_steps=min(200, steps // 4), grad_shards=1)
 
 
 def results_table(results, stride):
@@ -83,7 +67,7 @@ def results_table(results, stride):
 
 def run(args, log):
     """The `ablate` command: train and score each variant, write the table. `log` prints progress."""
-    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    names = [n.strip() for n in (args.variants or ",".join(VARIANTS)).split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"--variants: unknown {unknown}; expected names from {list(VARIANTS)}")

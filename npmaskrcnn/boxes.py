@@ -343,34 +343,23 @@ class BalancedPositiveNegativeSampler:
 
     Take up to int(batch_size_per_image * positive_fraction) positives at random, then fill the
     rest of the budget with random negatives (torchvision `BalancedPositiveNegativeSampler`).
-
-    With `neg_iou_bins` = K > 1 the negatives are drawn IoU-balanced instead (Libra R-CNN, Pang
-    et al. 2019, Sec. 3.1): [0, neg_iou_max) is cut into K equal IoU bins, each bin gets an equal
-    share of the negative budget (all of a bin when it has fewer), and random negatives fill what
-    is left. Random sampling mostly draws easy background (IoU ~0); balanced sampling puts the
-    rare hard negatives, boxes that cover part of an object, in every batch.
+    `sample_negatives` is the one step a subclass may change (how negatives are chosen).
     """
 
-    def __init__(self, batch_size_per_image, positive_fraction, neg_iou_bins=0, neg_iou_max=0.5):
+    def __init__(self, batch_size_per_image, positive_fraction):
         if batch_size_per_image < 0 or not 0.0 <= positive_fraction <= 1.0:
             raise ValueError(f"need batch_size_per_image >= 0 and 0 <= positive_fraction <= 1, "
                              f"got {batch_size_per_image} and {positive_fraction}")
         self.batch_size_per_image = int(batch_size_per_image)
         self.positive_fraction = float(positive_fraction)
-        self.neg_iou_bins = int(neg_iou_bins)
-        self.neg_iou_max = float(neg_iou_max)
 
-    def _negatives(self, negative, ious, num_neg, rng):
-        """Indices of num_neg of the `negative` candidates: random, or IoU-balanced."""
-        if self.neg_iou_bins <= 1 or ious is None:
-            return rng.permutation(negative)[:num_neg]
-        k = self.neg_iou_bins
-        bins = np.minimum((ious[negative] * (k / self.neg_iou_max)).astype(np.int64), k - 1)
-        quota = num_neg // k
-        chosen = [rng.permutation(negative[bins == b])[:quota] for b in range(k)]
-        chosen = np.concatenate(chosen)
-        rest = np.setdiff1d(negative, chosen)
-        return np.concatenate([chosen, rng.permutation(rest)[:num_neg - chosen.size]])
+    def sample_negatives(self, negative, ious, num_neg, rng):
+        """Indices of num_neg of the `negative` candidates, drawn at random.
+
+        Inputs: negative (N_neg,) candidate indices; ious (N,) max IoU of every candidate with
+        any gt box, or None (unused here); num_neg int; rng np.random.Generator
+        """
+        return rng.permutation(negative)[:num_neg]
 
     def __call__(self, labels_per_image, rng, ious_per_image=None):
         """Sample positives and negatives for each image.
@@ -378,8 +367,8 @@ class BalancedPositiveNegativeSampler:
         Inputs:
         - labels_per_image: list of (N_i,) int arrays: >= 1 positive, 0 negative, -1 ignored
         - rng: np.random.Generator
-        - ious_per_image: list of (N_i,) max IoU of each candidate with any gt box; needed only
-          for IoU-balanced negatives
+        - ious_per_image: list of (N_i,) max IoU of each candidate with any gt box, handed to
+          `sample_negatives` (None when the caller has none, as the RPN)
         Returns a tuple of:
         - pos_masks: list of (N_i,) bool
         - neg_masks: list of (N_i,) bool
@@ -395,7 +384,20 @@ class BalancedPositiveNegativeSampler:
             neg = np.zeros(labels.shape, bool)
             pos[rng.permutation(positive)[:num_pos]] = True
             ious = None if ious_per_image is None else np.asarray(ious_per_image[i])
-            neg[self._negatives(negative, ious, num_neg, rng)] = True
+            neg[self.sample_negatives(negative, ious, num_neg, rng)] = True
             pos_masks.append(pos)
             neg_masks.append(neg)
         return pos_masks, neg_masks
+
+
+def boxes_to_rois(boxes_per_image, dtype=None):
+    """Stack per-image boxes into RoIs with the image index first (torchvision's convention).
+
+    Inputs: boxes_per_image list of N (B_i, 4) arrays; dtype of the result (default: the first's)
+    Returns: rois (sum B_i, 5) [image index, x1, y1, x2, y2]
+    """
+    if dtype is None:
+        dtype = boxes_per_image[0].dtype if len(boxes_per_image) else np.float32
+    parts = [np.concatenate([np.full((len(b), 1), i, dtype), np.asarray(b, dtype).reshape(-1, 4)], 1)
+             for i, b in enumerate(boxes_per_image)]
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, 5), dtype)

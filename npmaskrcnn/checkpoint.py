@@ -7,8 +7,8 @@ Layout of the archive (every entry a numeric or unicode array, never an object a
     param/<dotted name>     every parameter, e.g. param/backbone.body.stem.0.weight
     extra/<key>             optional training state (optimizer moments, step, ...)
 
-Saving writes `<path>.tmp-<pid>` then renames it over `path` (os.replace is atomic on POSIX),
-so an interrupted save leaves the previous checkpoint intact.
+Saving goes through `files.atomic_write` (a temporary file renamed over `path`), so an
+interrupted or failed save leaves the previous checkpoint intact.
 """
 
 import json
@@ -18,6 +18,7 @@ import zipfile
 import numpy as np
 
 from .config import Config
+from .files import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -43,17 +44,7 @@ def save_model(model, path, extra=None):
         arrays["param/" + name] = value
     for name, value in (extra or {}).items():
         arrays["extra/" + name] = np.asarray(value)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_checkpoint(path):
@@ -103,7 +94,7 @@ def load_checkpoint(path):
         raise ValueError(f"checkpoint {path!r}: entry 'class_names' must be a 1-D array of "
                          f"strings, got shape {entries['class_names'].shape} dtype "
                          f"{entries['class_names'].dtype}")
-    params = {k[len("param/"):]: v for k, v in entries.items() if k.startswith("param/")}
+    params = {_renamed(k[len("param/"):]): v for k, v in entries.items() if k.startswith("param/")}
     for name, v in params.items():
         if v.dtype not in (np.float32, np.float64):
             raise ValueError(f"checkpoint {path!r}: entry 'param/{name}' must be float32 or "
@@ -115,18 +106,32 @@ def load_checkpoint(path):
             "params": params, "extra": extra}
 
 
-def load_model(path):
-    """Load a ready-to-use MaskRCNN from a checkpoint written by `save_model`.
+# parameter names of earlier versions -> today's (the mask predictor left the mask head)
+_OLD_PREFIXES = (("roi_heads.mask_head.predictor.", "roi_heads.mask_predictor.mask_fcn_logits."),)
 
-    Raises ValueError naming any missing, unexpected or mis-shaped parameter.
+
+def _renamed(name):
+    for old, new in _OLD_PREFIXES:
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
+def load_model(path):
+    """Load a ready-to-use model from a checkpoint written by `save_model`.
+
+    The network is built as its config says (`beyond_paper.build_model`), and wrapped for the
+    inference additions the config turns on (`beyond_paper.for_inference`): the paper's config
+    gives a plain MaskRCNN. Raises ValueError naming any missing, unexpected or mis-shaped
+    parameter.
     """
-    from .model import MaskRCNN
+    from .beyond_paper import build_model, for_inference
 
     ckpt = load_checkpoint(path)
-    model = MaskRCNN(ckpt["config"], ckpt["class_names"])
+    model = build_model(ckpt["config"], ckpt["class_names"])
     try:
         model.load_state_dict(ckpt["params"])
     except (KeyError, ValueError) as e:
         msg = e.args[0] if e.args else str(e)
         raise ValueError(f"checkpoint {os.fspath(path)!r}: {msg}") from e
-    return model
+    return for_inference(model)

@@ -21,14 +21,14 @@ Naming:
 import copy
 import json
 import os
-import tempfile
 import warnings
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from npmaskrcnn.shapes import masks_to_boxes
+from .files import atomic_write, write_json_atomic  # noqa: F401  (write_json_atomic: part of this module's API)
+from .shapes import masks_to_boxes
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
 REQUIRED_IMAGE_FIELDS = ("id", "file_name", "height", "width")
@@ -62,40 +62,6 @@ def encode_masks(masks):
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return rles
-
-
-def _write_atomic(path, write):
-    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it to `path`.
-
-    Inputs:
-    - path: destination file
-    - write: function of the temporary path that writes the content
-    Returns: nothing; a reader sees either the old file or the complete new one
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json_atomic(obj, path):
-    """Write `obj` as JSON to `path` atomically (temporary file + os.replace).
-
-    Inputs:
-    - obj: anything `json.dump` accepts
-    - path: destination file
-    Returns: nothing
-    """
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f)
-    _write_atomic(path, write)
 
 
 def _is_int(v):
@@ -444,7 +410,29 @@ def save_coco(dataset, out_dir, json_name="instances.json"):
         image = dataset.load_image(i) if isinstance(dataset, CocoDataset) else dataset[i][0]
         info["file_name"] = f"{int(info['id']):06d}.png"
         path = os.path.join(image_dir, info["file_name"])
-        _write_atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+        atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
     path = os.path.join(out_dir, json_name)
     write_json_atomic(coco, path)
     return path
+
+
+def detections_to_json(entries, class_names, model, score_thresh):
+    """The `predict` command's detections file: per image its detections, masks as COCO RLE.
+
+    Inputs:
+    - entries: list of dicts with "file", "figure", "image" ((H, W, 3) array) and "pred" (a
+      prediction dict of that image)
+    - class_names: K names; model: the checkpoint's path; score_thresh: the threshold applied
+    Returns: a JSON-ready dict
+    """
+    images = []
+    for e in entries:
+        pred, (h, w) = e["pred"], e["image"].shape[:2]
+        images.append({
+            "file": e["file"], "figure": e["figure"], "height": int(h), "width": int(w),
+            "detections": [{"box": [float(v) for v in box], "label": int(label),
+                            "class_name": class_names[int(label) - 1], "score": float(score), "mask": rle}
+                           for box, label, score, rle in zip(pred["boxes"], pred["labels"],
+                                                             pred["scores"], encode_masks(pred["masks"]))]})
+    return {"model": model, "class_names": list(class_names), "score_thresh": score_thresh,
+            "box_format": "x1, y1, x2, y2 pixels", "mask_format": "COCO compressed RLE", "images": images}

@@ -1,15 +1,29 @@
 """Every hyperparameter of the model and of its training, in one dataclass.
 
-`Config()` is the shapes preset for 128x128 images. The paper's values (Mask R-CNN with FPN,
-He et al. 2017, and torchvision's defaults) are given in each comment where the preset differs:
-the shapes preset scales widths, anchor sizes and RoI counts down for small images and a CPU.
-Other presets are classmethods: `Config.tiny()` for tests. A config round-trips through JSON.
+`Config()` is the paper's algorithm (Mask R-CNN with FPN, He et al. 2017, as torchvision
+implements it) scaled to 128x128 shapes images: the paper's values (and torchvision's defaults)
+are given in each comment where it differs — widths, anchor sizes and RoI counts are scaled down
+for small images and a CPU. The fields under "beyond the paper" are all off in it; they are read
+only by `beyond_paper.py`.
+
+Presets (classmethods):
+    Config.paper()      the same as Config(): the paper's algorithm on shapes
+    Config.shipped()    the shipped model's recipe: the paper plus the additions it lists
+    Config.tiny()       a very small network on 32x32 images, for gradient checks and tests
+A config round-trips through JSON (`to_json`, `from_json`); `with_overrides` applies
+"key=value" strings as the command line's --set does.
 """
 
 import json
 from dataclasses import asdict, dataclass, fields
 
+VAL_SEED = 10_000          # seed of the held-out shapes images (training uses seed 0: disjoint)
 LEVEL_NAMES = {2: "p2", 3: "p3", 4: "p4", 5: "p5", 6: "p6"}
+# inference options a loaded model may change (MaskRCNN.set_inference): the paper's ...
+PAPER_INFERENCE_FIELDS = ("box_score_thresh", "box_nms_thresh", "detections_per_img", "mask_threshold",
+                          "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "rpn_nms_thresh")
+# ... and those of beyond_paper.WithInferenceAdditions
+ADDITION_INFERENCE_FIELDS = ("box_refine", "test_flip", "mask_rescore", "box_from_mask")
 POOLERS = ("roi_align", "roi_align_unaligned", "roi_align_max", "roi_pool")
 
 
@@ -50,13 +64,8 @@ class Config:
     box_bg_iou: float = 0.5               # RoI background below this (paper)
     box_batch_size_per_image: int = 128   # RoIs sampled per image (paper: 512)
     box_positive_fraction: float = 0.25   # paper: 1:3 positives
-    box_neg_iou_bins: int = 3             # >1: IoU-balanced negatives in that many IoU bins
-    #                                       (Libra R-CNN: 3); 0: random negatives (paper)
     bbox_reg_weights: tuple = (10.0, 10.0, 5.0, 5.0)  # delta scaling (torchvision)
-    box_reg_loss_weight: float = 1.0      # multiplies the box head's smooth L1 loss
-    box_jitter_per_gt: int = 8            # training: jittered copies of each gt box added to the
-    box_jitter: float = 0.1               # proposals (more positives); jitter amount (see
-    #                                       roi_heads.jitter_boxes). Not in the paper (0 = off)
+    box_reg_loss_weight: float = 1.0      # multiplies the box head's smooth L1 loss (paper: 1)
     pooler: str = "roi_align"             # roi_align | roi_align_unaligned | roi_align_max | roi_pool
     pooler_levels: tuple = (2, 3, 4, 5)   # FPN levels the RoI heads pool from; (4,) = stride 16 only
     pooler_sampling_ratio: int = 2        # bilinear samples per bin side (torchvision: 2)
@@ -77,20 +86,13 @@ class Config:
     box_nms_thresh: float = 0.5           # per-class NMS (torchvision)
     detections_per_img: int = 100         # paper: top 100
     mask_threshold: float = 0.5           # paper
-    box_from_mask: bool = False           # report the tight box of the pasted mask (not in the paper)
-    box_refine: bool = True               # run the box head again on its own boxes and average the
-    #                                       two boxes and class probabilities (not in the paper)
-    mask_rescore: bool = True             # score x mean mask probability inside the mask (not in
-    #                                       the paper; cf. Mask Scoring R-CNN)
-    test_flip: bool = False               # also look at each detection in the mirrored image and
-    #                                       average box, probability and mask (test-time flip)
 
     # ---- training ----
     seed: int = 0                         # seeds initialisation, data and sampling
     batch_size: int = 4                   # images per step
     grad_shards: int = 2                  # the batch's gradient is the mean of this many shards
     #                                       (parallel.py), each computable by its own process
-    train_steps: int = 4500               # optimizer steps (about 14 minutes on two cores)
+    train_steps: int = 4500               # optimizer steps
     optimizer: str = "adamw"              # adamw | sgd
     lr: float = 2e-3                      # peak learning rate
     momentum: float = 0.9                 # SGD only
@@ -99,6 +101,18 @@ class Config:
     schedule: str = "cosine"              # cosine | step | constant
     grad_clip: float = 10.0               # max global gradient norm (0 = off)
     hflip: bool = True                    # random horizontal flip
+
+    # ---- beyond the paper (beyond_paper.py); all off here, Config.shipped() turns some on ----
+    box_neg_iou_bins: int = 0             # > 1: IoU-balanced negative RoIs in that many IoU bins
+    #                                       (Libra R-CNN); 0: random negatives (paper)
+    box_jitter_per_gt: int = 0            # training: jittered copies of each gt box added to the
+    box_jitter: float = 0.1               # RoI candidates, and how far they move (0 copies = off)
+    box_refine: bool = False              # the box head looks again at its own detections; the
+    #                                       two boxes and class probabilities are averaged
+    test_flip: bool = False               # ... and at each detection in the mirrored image,
+    #                                       averaging box, probability and mask
+    mask_rescore: bool = False            # score x the mask's mean probability inside the mask
+    box_from_mask: bool = False           # report the tight box of the pasted mask
 
     def __post_init__(self):
         self.validate()
@@ -234,9 +248,17 @@ class Config:
 
     # ---- presets ----
     @classmethod
-    def shapes(cls, **overrides):
-        """The default preset: 128x128 shapes images (same as Config())."""
+    def paper(cls, **overrides):
+        """Mask R-CNN as the paper describes it (FPN variant), scaled to 128x128 shapes."""
         return cls(**overrides)
+
+    @classmethod
+    def shipped(cls, **overrides):
+        """The shipped model's recipe: the paper plus jittered ground-truth RoIs, IoU-balanced
+        negatives (3 bins), the box head's second look and mask-confidence rescoring."""
+        kw = dict(box_jitter_per_gt=8, box_neg_iou_bins=3, box_refine=True, mask_rescore=True)
+        kw.update(overrides)
+        return cls(**kw)
 
     @classmethod
     def tiny(cls, **overrides):
@@ -272,3 +294,23 @@ class Config:
     @classmethod
     def from_json(cls, s):
         return cls.from_dict(json.loads(s))
+
+    @staticmethod
+    def parse_overrides(items):
+        """{key: value} from "key=value" strings, each value parsed as JSON when it parses
+        (`true`, `3`, `[4]`), else kept as a string. Raises ValueError for a malformed item."""
+        out = {}
+        for item in items or []:
+            key, sep, value = str(item).partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"expected key=value, got {item!r}")
+            try:
+                out[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                out[key.strip()] = value
+        return out
+
+    def with_overrides(self, items):
+        """A copy with "key=value" strings applied (see parse_overrides). Raises ValueError
+        naming an unknown field or a bad value."""
+        return type(self).from_dict({**self.to_dict(), **self.parse_overrides(items)})

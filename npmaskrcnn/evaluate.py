@@ -26,6 +26,7 @@ Naming:
 import contextlib
 import copy
 import io
+import math
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -361,3 +362,16 @@ def format_metrics(metrics):
         lines.append(f"{name:<{width}}"
                      + "".join(f"{_percent(metrics[t]['per_class'][name]):>9}" for t in iou_types))
     return "\n".join(lines)
+
+
+def to_jsonable(x):
+    """Metrics (dicts, lists, numpy arrays, floats) as plain JSON values, NaN -> null."""
+    if isinstance(x, dict):
+        return {str(k): to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [to_jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x

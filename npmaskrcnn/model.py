@@ -7,7 +7,12 @@
 walks the same path in reverse — RoI heads, RPN, FPN, ResNet — and fills every parameter's
 gradient (the total loss is their plain sum, so each branch starts from d(total)/d(loss) = 1).
 Proposals and sampled RoIs are constants, as in the paper: gradients reach the backbone through
-the RPN head and through the pooled RoI features only. `predict(images)` runs in eval mode.
+the RPN head and through the pooled RoI features only. `predict(images)` runs in eval mode;
+`set_inference(...)` changes its options (score threshold, NMS, ...) in the model's one config.
+
+This is the paper's network and nothing else. The RoI heads take two optional objects that a
+recipe may hand in (a sampler and a source of extra training RoIs, see `roi_heads.py`);
+`beyond_paper.py` builds them, and wraps the model for inference additions.
 
 Shape shorthand:
     N images, H x W image size (padded up to a multiple of 32 inside), K classes, D detections.
@@ -19,10 +24,12 @@ Naming:
     features    [p2, p3, p4, p5, p6], each (N, F, H/2^k, W/2^k)
 """
 
+from dataclasses import replace
+
 import numpy as np
 
 from .backbone import Backbone
-from .config import Config
+from .config import PAPER_INFERENCE_FIELDS, Config
 from .nn import Module
 from .roi_heads import RoIHeads
 from .rpn import RPN
@@ -31,9 +38,12 @@ SHAPES_CLASSES = ("square", "circle", "triangle")
 
 
 class MaskRCNN(Module):
-    """Mask R-CNN with a ResNet+FPN backbone. `MaskRCNN(Config(), class_names)`."""
+    """Mask R-CNN with a ResNet+FPN backbone. `MaskRCNN(Config(), class_names)`.
 
-    def __init__(self, config=None, class_names=None):
+    roi_sampler, extra_training_rois: handed to RoIHeads (None: the paper's sampling).
+    """
+
+    def __init__(self, config=None, class_names=None, roi_sampler=None, extra_training_rois=None):
         super().__init__()
         cfg = config if config is not None else Config()
         if not isinstance(cfg, Config):
@@ -44,11 +54,12 @@ class MaskRCNN(Module):
         if len(class_names) != cfg.num_classes:
             raise ValueError(f"class_names: expected {cfg.num_classes} names (config.num_classes), "
                              f"got {len(class_names)}")
+        cfg = replace(cfg)                                     # the model's own copy, shared by its modules
         self.config, self.class_names = cfg, tuple(str(c) for c in class_names)
         rng = np.random.default_rng(cfg.seed)
         self.add("backbone", Backbone(cfg, rng))
         self.add("rpn", RPN(cfg, rng))
-        self.add("roi_heads", RoIHeads(cfg, rng))
+        self.add("roi_heads", RoIHeads(cfg, rng, roi_sampler, extra_training_rois))
         self.rng = np.random.default_rng([cfg.seed, 1])        # anchor and RoI sampling
 
     @property
@@ -95,6 +106,22 @@ class MaskRCNN(Module):
         self.backbone.backward(dfeatures)
 
     # ---- inference ------------------------------------------------------------------------
+    def set_inference(self, **options):
+        """Change inference options (Config field names in config.PAPER_INFERENCE_FIELDS), e.g.
+        `model.set_inference(box_score_thresh=0.5)`. Raises ValueError naming a bad one."""
+        self.update_config(PAPER_INFERENCE_FIELDS, **options)
+
+    def update_config(self, allowed, **fields):
+        """Set `fields` (names in `allowed`) of the model's config in place, validated first;
+        every module holds this same Config object, so all of them see the change."""
+        for k in fields:
+            if k not in allowed:
+                raise ValueError(f"{k!r} is not an inference option of this model; expected one "
+                                 f"of {', '.join(allowed)}")
+        new = replace(self.config, **fields)                  # validates
+        for k in fields:
+            setattr(self.config, k, getattr(new, k))
+
     def predict(self, images):
         """Detections for each image: list of dicts with "boxes" (D, 4) float32 xyxy pixels,
         "labels" (D,) int64 in 1..K, "scores" (D,) float32, "masks" (D, H, W) bool."""
@@ -105,10 +132,7 @@ class MaskRCNN(Module):
             x, image_size = self.preprocess(images)
             features = self.backbone(x)
             proposals, _ = self.rpn(features, image_size)
-            mirrored = None
-            if self.config.test_flip:
-                mirrored = self.backbone(self.preprocess([im[:, ::-1] for im in images])[0])[:4]
-            detections = self.roi_heads.predict(features[:4], proposals, image_size, mirrored)
+            detections = self.roi_heads.predict(features[:4], proposals, image_size)
         finally:
             self.train(was_training)
         return detections

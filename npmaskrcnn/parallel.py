@@ -35,36 +35,15 @@ Naming:
 
 import contextlib
 import ctypes
-import math
 import multiprocessing as mp
-import os
 import signal
 import sys
 import traceback
 
 import numpy as np
 
-# ---- process memory -----------------------------------------------------------------------
-
-
-def keep_freed_memory():
-    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
-
-    A training step allocates and frees the same few-MB arrays (im2col columns, activations,
-    gradients) every step. By default glibc serves such blocks with fresh `mmap`s and unmaps
-    them when freed, so every step the kernel zero-fills them again page by page: 4-6 million
-    page faults and ~7 % of the CPU time in the kernel over 400 steps. Raising the mmap and trim
-    thresholds to 1 GiB keeps the memory in the heap; the peak RSS is unchanged and the
-    arithmetic, hence every weight, is bit for bit the same (measured). A no-op (returns False)
-    where the C library is not glibc.
-    """
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3                # <malloc.h>
-    return bool(mallopt(m_mmap_threshold, 1 << 30)) & bool(mallopt(m_trim_threshold, 1 << 30))
-
+from .batches import shard_forward_backward
+from .runtime import keep_freed_memory, single_threaded_children
 
 # ---- flat buffers -------------------------------------------------------------------------
 
@@ -105,31 +84,6 @@ def average_shards(grads):
     return acc
 
 
-# ---- one shard ----------------------------------------------------------------------------
-
-
-def forward_backward(model, images, targets, seed):
-    """Forward and (if every loss is finite) backward of one batch, sampling with a generator
-    seeded by `seed`; the gradient lands in the model's (zeroed) grads. Returns the losses."""
-    model.rng = np.random.default_rng(seed)
-    model.zero_grad()
-    losses = {k: float(v) for k, v in model.forward(images, targets).items()}
-    if all(math.isfinite(v) for v in losses.values()):
-        model.backward()
-    else:
-        model.clear_caches()
-    return losses
-
-
-def shard_forward_backward(model, dataset, step, shard, cfg):
-    """`forward_backward` of shard `shard` of step `step`'s batch; returns its losses."""
-    from .train import get_batch
-
-    images, targets = get_batch(dataset, step, cfg, shard=shard)
-    seed = [cfg.seed, 2, step] if cfg.grad_shards == 1 else [cfg.seed, 2, step, shard]
-    return forward_backward(model, images, targets, seed)
-
-
 def mean_losses(per_shard):
     """Mean over shards of each loss (dicts in shard order)."""
     keys = per_shard[0].keys()
@@ -144,9 +98,9 @@ def _worker_main(conn, shared, cfg, class_names, dataset, val_dataset, rank, n_p
     signal.signal(signal.SIGINT, signal.SIG_IGN)          # Ctrl-C is the main process's to handle
     keep_freed_memory()
     try:
-        from .model import MaskRCNN
+        from .beyond_paper import build_model, for_inference
 
-        model = MaskRCNN(cfg, class_names)
+        model = build_model(cfg, class_names)
         _, total = layout(model)
         buf = np.frombuffer(shared, dtype=np.float32).reshape(cfg.grad_shards + 1, total)
         bind(model, buf[0], "params")
@@ -166,7 +120,7 @@ def _worker_main(conn, shared, cfg, class_names, dataset, val_dataset, rank, n_p
                     conn.send(("ok", out))
                 elif msg[0] == "predict":
                     model.eval()
-                    preds = [model.predict([val_dataset[i][0]])[0] for i in msg[1]]
+                    preds = [for_inference(model).predict([val_dataset[i][0]])[0] for i in msg[1]]
                     model.train()
                     conn.send(("ok", preds))
             except Exception:
@@ -178,20 +132,6 @@ def _worker_main(conn, shared, cfg, class_names, dataset, val_dataset, rank, n_p
             pass
     finally:
         conn.close()
-
-
-@contextlib.contextmanager
-def _single_threaded_children():
-    """Workers start with one BLAS and one numba thread unless the environment says otherwise:
-    one process per core, not one thread pool per process fighting over the cores."""
-    keys = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-    added = [k for k in keys if k not in os.environ]
-    os.environ.update({k: "1" for k in added})
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
 
 
 @contextlib.contextmanager
@@ -217,7 +157,7 @@ class ShardedGradients:
     Use as a context manager (the workers and the shared memory are released on exit):
 
         with ShardedGradients(model, cfg, dataset, workers=2) as engine:
-            losses = engine.compute(step)   # model.grads now hold the step's gradient
+            losses = engine.forward_backward(step)   # model.grads now hold the step's gradient
             opt.step()
 
     Inputs:
@@ -252,7 +192,7 @@ class ShardedGradients:
                 p = ctx.Process(target=_worker_main, daemon=True,
                                 args=(child, self.shared, cfg, model.class_names, dataset,
                                       val_dataset, rank, self.n_proc))
-                with _single_threaded_children(), _main_module_hidden():
+                with single_threaded_children(), _main_module_hidden():
                     p.start()
                 child.close()
                 self.conns.append(parent)
@@ -272,8 +212,10 @@ class ShardedGradients:
             raise RuntimeError(f"a data-parallel worker process failed:\n{payload}")
         return payload
 
-    def compute(self, step):
-        """Mean gradient of `step` into the model's grads; returns the mean losses."""
+    def forward_backward(self, step):
+        """Forward and backward of `step`'s batch: the mean gradient of its shards lands in the
+        model's grads (as `batches.forward_backward` of the whole batch when S = 1). Returns
+        the mean losses."""
         cfg, model = self.cfg, self.model
         S = cfg.grad_shards
         if S == 1:
@@ -292,18 +234,21 @@ class ShardedGradients:
         return mean_losses(shards)
 
     def predict_dataset(self, dataset):
-        """model.predict over `dataset` (the val_dataset given at construction when workers > 1),
+        """Predictions over `dataset` (the val_dataset given at construction when workers > 1),
         one image per call, images dealt round-robin over the processes; in dataset order."""
+        from .beyond_paper import for_inference
+
         n = len(dataset)
+        predictor = for_inference(self.model)
         if self.n_proc == 1:
-            return [self.model.predict([dataset[i][0]])[0] for i in range(n)]
+            return [predictor.predict([dataset[i][0]])[0] for i in range(n)]
         if dataset is not self.val_dataset:
             raise ValueError("dataset: with workers > 1 only the val_dataset given at construction")
         for rank, conn in enumerate(self.conns, start=1):
             conn.send(("predict", list(range(rank, n, self.n_proc))))
         preds = [None] * n
         for i in range(0, n, self.n_proc):
-            preds[i] = self.model.predict([dataset[i][0]])[0]
+            preds[i] = predictor.predict([dataset[i][0]])[0]
         for rank, conn in enumerate(self.conns, start=1):
             for i, p in zip(range(rank, n, self.n_proc), self._receive(conn)):
                 preds[i] = p

@@ -28,7 +28,7 @@ import numpy as np
 from .nn import Conv2d, ConvTranspose2d, Linear
 
 STAGES = ("backbone.body", "backbone.fpn", "rpn", "roi_heads.box_head",
-          "roi_heads.box_predictor", "roi_heads.mask_head")
+          "roi_heads.box_predictor", "roi_heads.mask_head", "roi_heads.mask_predictor")
 
 
 def layer_flops(module, x_shape, out_shape):
@@ -129,8 +129,11 @@ def flops_per_stage(model):
             heads.box_predictor(h)
         flops["roi_heads.box_predictor"] = c.flops
         with _FlopCounter(heads.mask_head) as c:
-            heads.mask_head(np.zeros((d, f, cfg.mask_pool_size, cfg.mask_pool_size), dtype))
+            m = heads.mask_head(np.zeros((d, f, cfg.mask_pool_size, cfg.mask_pool_size), dtype))
         flops["roi_heads.mask_head"] = c.flops
+        with _FlopCounter(heads.mask_predictor) as c:
+            heads.mask_predictor(m)
+        flops["roi_heads.mask_predictor"] = c.flops
     finally:
         model.train(was_training)
     return flops, {"rois": r, "detections": d}
@@ -158,7 +161,7 @@ def format_summary(model):
     total_p, total_f = sum(params.values()), sum(flops.values())
     width = max(len(s) for s in STAGES) + 2
     per_roi = {"roi_heads.box_head": budget["rois"], "roi_heads.box_predictor": budget["rois"],
-               "roi_heads.mask_head": budget["detections"]}
+               "roi_heads.mask_head": budget["detections"], "roi_heads.mask_predictor": budget["detections"]}
     lines = [f"MaskRCNN: {cfg.num_classes} classes ({', '.join(model.class_names)}), "
              f"{cfg.image_size}x{cfg.image_size} images, pooler {cfg.pooler}",
              "",

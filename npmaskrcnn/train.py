@@ -1,9 +1,19 @@
-"""The training loop: batches, flips, the optimizer and its schedule, logs, checkpoints, resume.
+"""The training loop: a batch, forward, backward, clip, step, log, checkpoint — and resume.
 
-Every random choice is a pure function of (seed, step): the images of step s are dataset items
-s*B .. s*B+B-1 (shapes are generated on the fly, so every step sees new images), the flips and
-the anchor/RoI sampling use generators seeded with [seed, ..., step]. Resuming from a checkpoint
-therefore replays exactly the run that was interrupted, and two runs with one seed are equal.
+The loop in `train` is the one every reader expects:
+
+    for step in range(start, end):
+        losses = engine.forward_backward(step)     # the step's batch: forward, backward
+        opt.lr = lr_at(step, ...)                  # warmup, then cosine decay
+        clip_grad_norm(model, cfg.grad_clip)       # the global gradient norm, at most grad_clip
+        opt.step()                                 # AdamW (or SGD)
+        log, checkpoint, evaluate
+
+`engine` computes the step's gradient: in one process it is `batches.shard_forward_backward`
+(`model.forward` then `model.backward` on the step's images); with cfg.grad_shards > 1 it is the
+mean of the shards' gradients, computed by one or more processes (`parallel.ShardedGradients`),
+the same bits whatever the number of processes. What a step sees is a pure function of (seed,
+step) (`batches.py`), so resuming from a checkpoint replays exactly the run that was interrupted.
 
 A run folder holds:
     checkpoint.npz   model + optimizer state + step, written atomically every N steps and at the end
@@ -14,6 +24,8 @@ A run folder holds:
 
 Naming:
     step        0-based optimizer step; B images per step
+    model       the network being trained (beyond_paper.build_model(cfg): the paper's, plus the
+                training seams the config turns on)
 """
 
 import csv
@@ -24,11 +36,12 @@ import time
 
 import numpy as np
 
+from .batches import default_dataset, forward_backward
+from .beyond_paper import build_model, for_inference
 from .checkpoint import load_checkpoint, save_model
-from .model import MaskRCNN
+from .files import atomic_write
 from .optim import SGD, AdamW, clip_grad_norm, lr_at
-from .parallel import ShardedGradients, forward_backward, keep_freed_memory
-from .shapes import ShapesDataset
+from .parallel import ShardedGradients
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -37,74 +50,47 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def hflip(image, target):
-    """Mirror an image and its target left-right."""
-    w = image.shape[1]
-    boxes = target["boxes"].copy()
-    boxes[:, [0, 2]] = w - target["boxes"][:, [2, 0]]
-    return (np.ascontiguousarray(image[:, ::-1]),
-            {"boxes": boxes, "labels": target["labels"],
-             "masks": np.ascontiguousarray(target["masks"][:, :, ::-1])})
-
-
-def batch_indices(step, batch_size, n, seed):
-    """Dataset indices of a step's batch: consecutive items of a per-epoch permutation."""
-    out = []
-    for j in range(batch_size):
-        i = step * batch_size + j
-        epoch, pos = divmod(i, n)
-        out.append(int(np.random.default_rng([seed, 4, epoch]).permutation(n)[pos]) if n > 1 else 0)
-    return out
-
-
-def get_batch(dataset, step, cfg, shard=None):
-    """(images, targets) of one step, with random horizontal flips; only shard `shard`'s
-    images (the j-th of cfg.grad_shards equal slices of the batch) if given."""
-    images, targets = [], []
-    indices = batch_indices(step, cfg.batch_size, len(dataset), cfg.seed)
-    flips = np.random.default_rng([cfg.seed, 3, step]).random(cfg.batch_size) < 0.5
-    per = cfg.batch_size // cfg.grad_shards
-    chosen = range(len(indices)) if shard is None else range(shard * per, (shard + 1) * per)
-    for j in chosen:
-        image, target = dataset[indices[j]]
-        if cfg.hflip and flips[j]:
-            image, target = hflip(image, target)
-        images.append(image)
-        targets.append(target)
-    return images, targets
-
-
 def make_optimizer(model, cfg):
     if cfg.optimizer == "adamw":
         return AdamW(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return SGD(model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def train_step(model, opt, images, targets, step, cfg):
-    """One optimizer step on the given batch, as one shard. Returns the row of the log (dict)
-    or raises TrainingDiverged. (`train` computes the gradient with `parallel.ShardedGradients`.)"""
-    t0 = time.perf_counter()
-    losses = forward_backward(model, images, targets, [cfg.seed, 2, step])
-    return apply_step(model, opt, losses, step, cfg, t0)
-
-
-def apply_step(model, opt, losses, step, cfg, t0):
-    """Check the losses, clip the gradient in the model's grads and take the optimizer step.
-    Returns the row of the log (dict) or raises TrainingDiverged."""
-    opt.lr = lr_at(step, cfg.lr, cfg.train_steps, cfg.warmup_steps, cfg.schedule)
-    total = sum(losses.values())
+def check_finite(losses, step):
+    """Raise TrainingDiverged when a loss is NaN or infinite."""
     if not all(math.isfinite(v) for v in losses.values()):
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
         raise TrainingDiverged(f"step {step}: loss is not finite ({bad}); stopping. The last "
                                "good checkpoint is kept; lower the learning rate or resume from it.")
+
+
+def optimizer_step(model, opt, losses, step, cfg):
+    """The schedule, the clip and the update, after the step's gradient is in the model's grads.
+    Returns the gradient norm before clipping; raises TrainingDiverged."""
+    check_finite(losses, step)
+    opt.lr = lr_at(step, cfg.lr, cfg.train_steps, cfg.warmup_steps, cfg.schedule)
     gnorm = clip_grad_norm(model, cfg.grad_clip)
     if not math.isfinite(gnorm):
         raise TrainingDiverged(f"step {step}: gradient norm is not finite; stopping. The last "
                                "good checkpoint is kept.")
     opt.step()
-    row = {"step": step, "lr": opt.lr, "loss": total, **{k: losses.get(k, 0.0) for k in LOSS_KEYS},
-           "grad_norm": gnorm, "seconds": time.perf_counter() - t0}
-    return row
+    return gnorm
+
+
+def train_step(model, opt, images, targets, step, cfg):
+    """One whole optimizer step on the given batch (one process, one shard): forward, backward,
+    clip, step. Returns the row of the log (dict) or raises TrainingDiverged."""
+    t0 = time.perf_counter()
+    losses = forward_backward(model, images, targets, [cfg.seed, 2, step])
+    gnorm = optimizer_step(model, opt, losses, step, cfg)
+    return log_row(step, opt, losses, gnorm, t0)
+
+
+def log_row(step, opt, losses, gnorm, t0):
+    """One row of log.csv."""
+    return {"step": step, "lr": opt.lr, "loss": sum(losses.values()),
+            **{k: losses.get(k, 0.0) for k in LOSS_KEYS}, "grad_norm": gnorm,
+            "seconds": time.perf_counter() - t0}
 
 
 def save_training_checkpoint(model, opt, step, path):
@@ -136,10 +122,10 @@ def plot_loss_curve(rows, path):
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def read_log(path):
@@ -149,30 +135,26 @@ def read_log(path):
 
 def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_every=0,
           checkpoint_every=500, resume=False, stop_at=None, progress=True, log=None, workers=1):
-    """Train a MaskRCNN from scratch (or resume) and return (model, rows of the log).
+    """Train a model from scratch (or resume) and return (model, rows of the log).
 
     Inputs:
     - cfg: Config (train_steps, batch_size, lr, ... are read from it)
     - out_dir: run folder (created); see the module docstring for its files
-    - dataset: indexable (image, target) dataset; default: fresh shapes, ShapesDataset(seed=cfg.seed)
+    - dataset: indexable (image, target) dataset; default: fresh shapes, batches.default_dataset
     - val_dataset: dataset for periodic evaluation every `eval_every` steps (0 = never)
     - resume: continue from out_dir/checkpoint.npz (same config required)
     - stop_at: stop (with a checkpoint) before this step, as if interrupted; for tests
     - log: callable for progress messages (the CLI passes print); None = silent
     - workers: processes computing the cfg.grad_shards gradient shards (see parallel.py); the
       result does not depend on it
+    Returns: the trained model, ready for inference (beyond_paper.for_inference), and the log
     """
     os.makedirs(out_dir, exist_ok=True)
     if not os.access(out_dir, os.W_OK):
         raise PermissionError(f"out_dir: {out_dir!r} is not writable")
-    keep_freed_memory()                                        # see parallel.keep_freed_memory
     say = log or (lambda *a: None)
-    if dataset is None:
-        s = cfg.image_size
-        dataset = ShapesDataset(cfg.train_steps * cfg.batch_size, seed=cfg.seed, image_size=s,
-                                min_size=max(8, s // 8), max_size=s // 2)
-    names = class_names or getattr(dataset, "class_names", None)
-    model = MaskRCNN(cfg, names)
+    dataset = dataset if dataset is not None else default_dataset(cfg)
+    model = build_model(cfg, class_names or getattr(dataset, "class_names", None))
     opt = make_optimizer(model, cfg)
     ckpt_path = os.path.join(out_dir, "checkpoint.npz")
     log_path = os.path.join(out_dir, "log.csv")
@@ -205,9 +187,10 @@ def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_e
                                   workers=workers if start < end else 1)
         for step in range(start, end):
             t0 = time.perf_counter()
-            losses = engine.compute(step)
-            row = apply_step(model, opt, losses, step, cfg, t0)
-            rows.append(row)
+            losses = engine.forward_backward(step)     # 1) the step's batch: forward, backward
+            gnorm = optimizer_step(model, opt, losses, step, cfg)   # 2) lr, 3) clip, 4) update
+            row = log_row(step, opt, losses, gnorm, t0)
+            rows.append(row)                           # 5) log
             writer.writerow(row)
             if (step + 1) % 50 == 0:
                 logf.flush()
@@ -216,18 +199,10 @@ def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_e
                 bar.set_postfix({k.replace("loss_", ""): f"{row[k]:.3f}" for k in ("loss",) + LOSS_KEYS})
             done = step + 1
             if checkpoint_every and done % checkpoint_every == 0 and done < end:
-                logf.flush()
+                logf.flush()                           # 6) checkpoint
                 save_training_checkpoint(model, opt, done, ckpt_path)
             if eval_every and val_dataset is not None and done % eval_every == 0:
-                from .evaluate import evaluate_predictions
-                metrics = evaluate_predictions(engine.predict_dataset(val_dataset), val_dataset)
-                summary = {"step": done, "train_seconds": sum(r["seconds"] for r in rows),
-                           **{f"{t}_{k}": metrics[t][k] for t in ("bbox", "segm")
-                              for k in ("AP", "AP50", "AP75")}}
-                with open(os.path.join(out_dir, "eval.jsonl"), "a") as ef:
-                    ef.write(json.dumps(summary) + "\n")
-                say(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()
-                                                 if k not in ("step", "train_seconds")))
+                evaluate_during_training(engine, val_dataset, rows, done, out_dir, say)
                 model.train()
     finally:
         if engine is not None:
@@ -240,4 +215,17 @@ def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_e
         save_model(model, os.path.join(out_dir, "model.npz"))
     if rows:
         plot_loss_curve(rows, os.path.join(out_dir, "loss_curve.png"))
-    return model, rows
+    return for_inference(model), rows
+
+
+def evaluate_during_training(engine, val_dataset, rows, step, out_dir, say):
+    """COCO AP of the current weights on val_dataset, appended to out_dir/eval.jsonl."""
+    from .evaluate import evaluate_predictions
+
+    metrics = evaluate_predictions(engine.predict_dataset(val_dataset), val_dataset)
+    summary = {"step": step, "train_seconds": sum(r["seconds"] for r in rows),
+               **{f"{t}_{k}": metrics[t][k] for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75")}}
+    with open(os.path.join(out_dir, "eval.jsonl"), "a") as ef:
+        ef.write(json.dumps(summary) + "\n")
+    say(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()
+                                     if k not in ("step", "train_seconds")))

@@ -4,8 +4,10 @@ The walkthroughs (`walkthroughs/NN_stage.py`) run one stage of Mask R-CNN at a t
 every intermediate twice: as one `log` line (name, shape, dtype, min, max, in the spirit of
 matterport's inspect notebooks) and as a PNG. This module holds what they share: where the PNGs
 go, how they are written, and the drawing helpers (instances with masks, boxes, bin grids,
-feature maps). matplotlib runs with the Agg backend: no screen is needed. `log` is the only
-function of the library that prints.
+feature maps). Run as a script, matplotlib uses the Agg backend (no screen needed) and every
+figure is saved as PNG; run as a notebook (Jupyter or VS Code, any IPython kernel), each figure
+is also displayed inline where `save_figure` is called. `log` is the only function of the
+library that prints.
 
 Shape shorthand:
     H, W    image (or feature map) height and width     M   instances     C   channels
@@ -20,15 +22,23 @@ Naming:
 
 import argparse
 import os
-import tempfile
+import sys
 
 import matplotlib
 
-matplotlib.use("Agg")
+
+def in_notebook():
+    """True inside an IPython kernel (Jupyter, VS Code's interactive window, nbclient)."""
+    return "ipykernel" in sys.modules
+
+
+if not in_notebook():
+    matplotlib.use("Agg")                       # scripts and tests: no screen; a kernel keeps inline
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from .files import save_figure_atomic  # noqa: E402
 from .shapes import CLASS_NAMES  # noqa: E402
 
 OUT_ENV = "NPMASKRCNN_OUT"
@@ -100,7 +110,8 @@ def out_dir():
 
 
 def save_figure(fig, name, dpi=100):
-    """Write `fig` as `<out_dir>/<name>.png` atomically, then close it.
+    """Write `fig` as `<out_dir>/<name>.png` atomically (displayed inline first in a notebook),
+    then close it.
 
     Inputs:
     - fig: matplotlib Figure
@@ -111,18 +122,10 @@ def save_figure(fig, name, dpi=100):
     """
     if not name.endswith(".png"):
         name += ".png"
-    folder = out_dir()
-    path = os.path.join(folder, name)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        plt.close(fig)
-    return path
+    if in_notebook():                                        # show it in the cell's output
+        from IPython.display import display
+        display(fig)
+    return save_figure_atomic(fig, os.path.join(out_dir(), name), dpi=dpi)
 
 
 def color(i):
@@ -302,20 +305,50 @@ def draw_loss_curves(rows, title="training losses", window=None):
     return fig
 
 
+def draw_prediction(ax, image, pred, class_names, title):
+    """Draw one image with its detections (draw_instances), or the bare image if there are none."""
+    if len(pred["scores"]) == 0:
+        ax.imshow(image, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=10)
+        return
+    draw_instances(ax, image, pred["boxes"], pred["labels"], pred["masks"], pred["scores"],
+                   class_names=class_names, title=title)
+
+
+def keep_confident(pred, score_thresh):
+    """The detections of one prediction dict scoring >= score_thresh."""
+    keep = pred["scores"] >= score_thresh
+    return {k: v[keep] for k, v in pred.items()}
+
+
+def describe(pred, class_names):
+    """A one-line text of one prediction dict: "circle 0.98 [x1, y1, x2, y2]; ..."."""
+    if len(pred["scores"]) == 0:
+        return "no detections"
+    parts = []
+    for box, label, score in zip(pred["boxes"], pred["labels"], pred["scores"]):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        parts.append(f"{class_names[int(label) - 1]} {float(score):.2f} "
+                     f"[{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}]")
+    return "; ".join(parts)
+
+
 def load_shipped_model():
     """The model the walkthroughs explain, in eval mode, and the word "trained" or "untrained".
 
     `$NPMASKRCNN_MODEL` or `data/shapes_maskrcnn.npz`; when the file is missing, an untrained
     `MaskRCNN(Config())` (the figures then say so).
     """
+    from .beyond_paper import build_model, for_inference
     from .checkpoint import load_model
     from .config import Config
-    from .model import MaskRCNN
 
     path = os.environ.get("NPMASKRCNN_MODEL") or os.path.join(REPO_ROOT, "data", "shapes_maskrcnn.npz")
     if os.path.exists(path):
         model, trained = load_model(path), "trained"
     else:
-        print(f"no model at {path}: using an untrained MaskRCNN(Config())")
-        model, trained = MaskRCNN(Config()), "untrained"
+        print(f"no model at {path}: using an untrained model of the shipped recipe")
+        model, trained = for_inference(build_model(Config.shipped())), "untrained"
     return model.eval(), trained

@@ -182,35 +182,3 @@ def test_sampler_budget_and_fraction(seed, batch, fraction, sizes):
         assert q.sum() == min(batch - p.sum(), (lab == 0).sum())       # negatives fill the rest
 
 
-@SETTINGS
-@given(st.integers(0, 10_000), st.integers(0, 64), st.integers(2, 4),
-       st.lists(st.integers(0, 200), min_size=1, max_size=3))
-def test_iou_balanced_negatives_budget_and_bins(seed, batch, bins, sizes):
-    """Libra R-CNN's IoU-balanced negatives: same budget as random sampling, and each IoU bin
-    gets min(its size, quota) or more."""
-    rng = np.random.default_rng(seed)
-    labels = [rng.integers(-1, 3, n) for n in sizes]
-    ious = [np.where(lab >= 1, rng.uniform(0.5, 1, lab.shape), rng.uniform(0, 0.5, lab.shape) ** 3)
-            for lab in labels]                                          # mostly easy negatives
-    pos, neg = BalancedPositiveNegativeSampler(batch, 0.25, bins, 0.5)(labels, rng, ious)
-    for lab, iou, p, q in zip(labels, ious, pos, neg):
-        assert np.all(lab[p] >= 1) and np.all(lab[q] == 0) and not np.any(p & q)
-        assert p.sum() == min(int(batch * 0.25), (lab >= 1).sum())
-        assert q.sum() == min(batch - p.sum(), (lab == 0).sum())
-        quota = q.sum() // bins
-        which = np.minimum((iou * bins / 0.5).astype(int), bins - 1)
-        for b in range(bins):
-            assert (q & (which == b)).sum() >= min(quota, ((lab == 0) & (which == b)).sum())
-
-
-def test_iou_balanced_negatives_hand_case():
-    """10 easy negatives (IoU 0), 2 hard (IoU 0.4), budget 4, 2 bins: both hard ones are taken;
-    random sampling takes them only sometimes."""
-    labels = np.zeros(12, np.int64)
-    ious = np.array([0.0] * 10 + [0.4, 0.4])
-    for seed in range(5):
-        _, neg = BalancedPositiveNegativeSampler(4, 0.25, 2, 0.5)([labels], np.random.default_rng(seed), [ious])
-        assert neg[0].sum() == 4 and neg[0][10:].all()
-    hard = [BalancedPositiveNegativeSampler(4, 0.25)([labels], np.random.default_rng(s), [ious])[1][0][10:].sum()
-            for s in range(20)]
-    assert min(hard) < 2

@@ -11,6 +11,7 @@ from PIL import Image
 
 from npmaskrcnn import Config, MaskRCNN
 from npmaskrcnn.__main__ import main
+from npmaskrcnn.beyond_paper import WithInferenceAdditions
 from npmaskrcnn.checkpoint import load_model
 from npmaskrcnn.coco import decode_segmentation, save_coco
 from npmaskrcnn.shapes import ShapesDataset
@@ -172,9 +173,8 @@ def test_predict_with_inference_options(capsys, trained, png, tmp_path):
                      "--score-thresh", 0.0, "--set", "test_flip=true", "--set", "box_score_thresh=0.2")
     assert code == 0
     (entry,) = json.loads((out_dir / "detections.json").read_text())["images"]
-    model = load_model(trained / "model.npz")
-    model.config.test_flip = model.roi_heads.cfg.test_flip = True
-    model.config.box_score_thresh = model.roi_heads.cfg.box_score_thresh = 0.2
+    model = WithInferenceAdditions(load_model(trained / "model.npz"))
+    model.set_inference(test_flip=True, box_score_thresh=0.2)
     expected = model.predict(np.asarray(Image.open(png).convert("RGB")))[0]
     assert [d["score"] for d in entry["detections"]] == pytest.approx(expected["scores"].tolist(), rel=1e-6)
 
@@ -189,7 +189,9 @@ def test_demo_with_the_trained_model(capsys, trained, tmp_path):
 
 
 def test_demo_without_the_shipped_model_says_how_to_make_it(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    import npmaskrcnn.__main__ as cli_module
+
+    monkeypatch.setattr(cli_module, "DEFAULT_MODEL", str(tmp_path / "data" / "shapes_maskrcnn.npz"))
     code, _, err = cli(capsys, "demo")
     assert code == 2
     assert "--model" in err and "python -m npmaskrcnn train" in err

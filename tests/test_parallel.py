@@ -8,7 +8,8 @@ from npmaskrcnn import Config
 from npmaskrcnn.model import MaskRCNN
 from npmaskrcnn.parallel import ShardedGradients, average_shards, bind, layout
 from npmaskrcnn.shapes import ShapesDataset
-from npmaskrcnn.train import get_batch, read_log, train
+from npmaskrcnn.batches import get_batch
+from npmaskrcnn.train import read_log, train
 
 STEPS = 4
 
@@ -83,7 +84,7 @@ def test_gradient_is_the_mean_of_the_shard_gradients():
         model.backward()
         per_shard.append(grads_of(model))
     with ShardedGradients(model, cfg, ds, workers=1) as engine:
-        engine.compute(step)
+        engine.forward_backward(step)
         got = grads_of(model)
     for k in got:
         np.testing.assert_array_equal(got[k], (per_shard[0][k] + per_shard[1][k]) / 2, err_msg=k)
@@ -133,7 +134,7 @@ def test_resume_with_two_processes_replays_the_run(tmp_path, one_process):
 def test_a_failing_worker_is_reported(tmp_path):
     cfg = cfg2(train_steps=1)
     # step 0's batch: shard 1 (the worker's) holds batch positions 2 and 3
-    from npmaskrcnn.train import batch_indices
+    from npmaskrcnn.batches import batch_indices
     bad = batch_indices(0, 4, 16, cfg.seed)[3]
     with pytest.raises(RuntimeError, match=f"worker process failed(.|\n)*cannot read image {bad}"):
         train(cfg, str(tmp_path), dataset=FailingDataset(bad), progress=False, workers=2)
@@ -177,7 +178,7 @@ def test_keep_freed_memory_sets_the_malloc_thresholds():
     """On glibc (these machines) both mallopt calls succeed; elsewhere it is a no-op."""
     import platform
 
-    from npmaskrcnn.parallel import keep_freed_memory
+    from npmaskrcnn.runtime import keep_freed_memory
 
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is expected

@@ -86,7 +86,8 @@ def test_features_and_heads_agree(setup):
         mf, _ = model.roi_heads.pool(list(ps[:4]), rois[:8], cfg.mask_pool_size)
         mft = twin.pool(list(ps_t[:4]), rois[:8], cfg.mask_pool_size)
         assert rel_error(mf, mft) <= TOL
-        assert rel_error(model.roi_heads.mask_head(mf), twin.roi_heads.mask_head(mft)) <= TOL
+        assert rel_error(model.roi_heads.mask_predictor(model.roi_heads.mask_head(mf)),
+                         twin.roi_heads.mask_predictor(twin.roi_heads.mask_head(mft))) <= TOL
 
 
 def test_losses_and_gradients_agree(setup):

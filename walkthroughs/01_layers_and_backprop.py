@@ -19,12 +19,6 @@ import sys
 
 import numpy as np
 
-try:
-    import npmaskrcnn  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`: use the repo this file lives in
-    _here = os.path.abspath(globals().get("__file__", os.path.join(os.getcwd(), "_")))
-    sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
-
 from npmaskrcnn import viz
 from npmaskrcnn.layers import (conv2d_backward, conv2d_forward, group_norm_backward,
                                group_norm_forward, relu_backward, relu_forward)
@@ -34,7 +28,7 @@ from npmaskrcnn.viz import log, save_figure
 sys.path.insert(0, os.path.join(viz.REPO_ROOT, "tests"))
 from gradcheck import numerical_gradient_array, rel_error  # noqa: E402
 
-import matplotlib.pyplot as plt  # noqa: E402  (viz has selected the Agg backend)
+import matplotlib.pyplot as plt  # noqa: E402  (viz chooses the backend first)
 
 args = viz.parse_walkthrough_args()
 print("figures go to", args.out, "(fast mode)" if args.fast else "")

@@ -16,22 +16,13 @@
 # `NPMASKRCNN_MODEL`); without it an untrained model is used and the pictures say so.
 
 # %%
-import os
-import sys
-
 import numpy as np
-
-try:
-    import npmaskrcnn  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`: use the repo this file lives in
-    _here = os.path.abspath(globals().get("__file__", os.path.join(os.getcwd(), "_")))
-    sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
 
 from npmaskrcnn import layers, viz
 from npmaskrcnn.shapes import ShapesDataset
 from npmaskrcnn.viz import log, save_figure
 
-import matplotlib.pyplot as plt  # noqa: E402  (viz has selected the Agg backend)
+import matplotlib.pyplot as plt  # noqa: E402  (viz chooses the backend first)
 
 args = viz.parse_walkthrough_args()
 print("figures go to", args.out, "(fast mode)" if args.fast else "")

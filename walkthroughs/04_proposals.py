@@ -16,16 +16,7 @@
 # The model is `data/shapes_maskrcnn.npz` (or `$NPMASKRCNN_MODEL`); without it an untrained one.
 
 # %%
-import os
-import sys
-
 import numpy as np
-
-try:
-    import npmaskrcnn  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`: use the repo this file lives in
-    _here = os.path.abspath(globals().get("__file__", os.path.join(os.getcwd(), "_")))
-    sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
 
 from npmaskrcnn import viz
 from npmaskrcnn.boxes import batched_nms, box_iou, clip_boxes, remove_small_boxes
@@ -33,7 +24,7 @@ from npmaskrcnn.rpn import STRIDES, flatten_head_outputs
 from npmaskrcnn.shapes import ShapesDataset
 from npmaskrcnn.viz import log, save_figure
 
-import matplotlib.pyplot as plt  # noqa: E402  (viz has selected the Agg backend)
+import matplotlib.pyplot as plt  # noqa: E402  (viz chooses the backend first)
 
 args = viz.parse_walkthrough_args()
 print("figures go to", args.out, "(fast mode)" if args.fast else "")

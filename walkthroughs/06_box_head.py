@@ -12,37 +12,31 @@
 # 3. class probabilities of the proposals — `box_head`, `box_predictor`, softmax;
 # 4. the class-specific refinement: the proposal and the box decoded with its best class's deltas
 #    — `BoxCoder.decode` (weights 10, 10, 5, 5);
-# 5. score threshold, per-class NMS, top 100, then (`Config.box_refine`) a second look of the box
-#    head at its own detections: the final detections — the steps of `RoIHeads.predict`, checked
-#    against `model.predict` (which also rescores by mask confidence: walkthrough 07).
+# 5. score threshold, per-class NMS, top 100: the final detections — the steps of
+#    `box_head.postprocess_detections`, checked against the paper's `MaskRCNN.predict`;
+# 6. beyond the paper (`beyond_paper.py`): the shipped recipe's IoU-balanced negatives and the
+#    box head's second look at its own detections, each beside the paper's way.
 #
 # The model is `data/shapes_maskrcnn.npz` (or `$NPMASKRCNN_MODEL`); without it an untrained one.
 
 # %%
-import os
-import sys
-
 import numpy as np
 
-try:
-    import npmaskrcnn  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`: use the repo this file lives in
-    _here = os.path.abspath(globals().get("__file__", os.path.join(os.getcwd(), "_")))
-    sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
-
 from npmaskrcnn import viz
-from npmaskrcnn.boxes import (BalancedPositiveNegativeSampler, batched_nms, box_iou, clip_boxes,
-                             remove_small_boxes)
+from npmaskrcnn.beyond_paper import second_look
+from npmaskrcnn.boxes import batched_nms, box_iou, boxes_to_rois, clip_boxes, remove_small_boxes
+from npmaskrcnn.roi_heads import RoIHeads
 from npmaskrcnn.roi_ops import assign_fpn_levels
 from npmaskrcnn.shapes import ShapesDataset
 from npmaskrcnn.viz import log, save_figure
 
-import matplotlib.pyplot as plt  # noqa: E402  (viz has selected the Agg backend)
+import matplotlib.pyplot as plt  # noqa: E402  (viz chooses the backend first)
 
 args = viz.parse_walkthrough_args()
 print("figures go to", args.out, "(fast mode)" if args.fast else "")
 
-model, trained = viz.load_shipped_model()
+model, trained = viz.load_shipped_model()    # the shipped recipe: the paper's network, wrapped
+network = model.model                         # ... the paper's network itself (MaskRCNN)
 cfg, heads = model.config, model.roi_heads
 names = ("background",) + model.class_names
 
@@ -57,53 +51,27 @@ log("proposals", proposals[0])
 # %% [markdown]
 # ## 1. Sampling RoIs for training
 #
-# In training the ground-truth boxes join the proposals (so there is always a perfect positive),
-# and so do `box_jitter_per_gt` randomly shifted and rescaled copies of each (a shapes-preset
-# addition, not in the paper: the RPN leaves only a handful of proposals around each object, and
-# the copies give the box head more positives to learn classes and box offsets from). Every RoI
-# takes the class of the ground truth it overlaps at IoU ≥ 0.5, or background, and a sample of
-# `box_batch_size_per_image` = 128 RoIs with at most 25 % positives is drawn.
-#
-# The paper draws the background RoIs at random. Most proposals are plain background (IoU ~0
-# with every object), so the rare ones that cover *part* of an object — the hard negatives, what
-# a fragment of a half-hidden shape looks like — seldom make it into a batch. With
-# `box_neg_iou_bins` = 3 (the shapes preset; Libra R-CNN's IoU-balanced sampling) the range
-# [0, 0.5) is cut into 3 IoU bins and each bin supplies a third of the negatives (all of a bin
-# when it has fewer). Below: the negatives' IoU with their nearest object, both ways.
+# In training the ground-truth boxes join the proposals (so there is always a perfect positive).
+# Every RoI takes the class of the ground truth it overlaps at IoU ≥ 0.5, or background, and a
+# sample of `box_batch_size_per_image` = 128 RoIs with at most 25 % positives is drawn, the
+# background at random. `paper_heads` below is the paper's RoIHeads with this model's config
+# (sampling needs no weights); section 6 shows what the shipped recipe samples instead.
 
 # %%
 model.train()                                               # training keeps 300 proposals, not 100
 train_proposals, _ = model.rpn(features, image_size, [target["boxes"]], np.random.default_rng(0))
 model.eval()
 model.clear_caches()
-rois, labels, reg_targets, matched, _ = heads.sample_proposals(train_proposals, [target],
-                                                               np.random.default_rng(0))
+paper_heads = RoIHeads(cfg, np.random.default_rng(0))      # the paper's sampler, no extra RoIs
+rois, labels, reg_targets, matched = paper_heads.sample_proposals(train_proposals, [target],
+                                                                  np.random.default_rng(0))
 log("sampled rois", rois)
 log("sampled labels", labels)
 log("box regression targets", reg_targets[labels > 0])
 n_pos = int((labels > 0).sum())
 n_gt = len(target["boxes"])
-print(f"{len(train_proposals[0])} proposals + {n_gt} gt + {n_gt * cfg.box_jitter_per_gt} jittered gt "
-      f"-> sampled {len(rois)} RoIs: {n_pos} positive, {len(rois) - n_pos} background")
-
-
-def negative_iou_counts(sampled_rois, sampled_labels):
-    """How many sampled negatives fall in IoU [0, 1/6), [1/6, 1/3), [1/3, 1/2) with a gt box."""
-    iou = box_iou(target["boxes"], sampled_rois[sampled_labels == 0, 1:]).max(axis=0)
-    return np.histogram(iou, bins=[0, 1 / 6, 1 / 3, 0.5])[0]
-
-
-balanced_sampler = heads.sampler
-heads.sampler = BalancedPositiveNegativeSampler(cfg.box_batch_size_per_image, cfg.box_positive_fraction)
-random_rois, random_labels, _, _, _ = heads.sample_proposals(train_proposals, [target],
-                                                             np.random.default_rng(0))
-heads.sampler = balanced_sampler
-print(f"{'negatives by IoU with their nearest object':<44}"
-      f"{'[0, 1/6)':>10}{'[1/6, 1/3)':>12}{'[1/3, 1/2)':>12}")
-for name, counts in (("random (paper)", negative_iou_counts(random_rois, random_labels)),
-                     (f"this model (box_neg_iou_bins={cfg.box_neg_iou_bins})",
-                      negative_iou_counts(rois, labels))):
-    print(f"  {name:<42}{counts[0]:>10}{counts[1]:>12}{counts[2]:>12}")
+print(f"{len(train_proposals[0])} proposals + {n_gt} gt -> sampled {len(rois)} RoIs: "
+      f"{n_pos} positive, {len(rois) - n_pos} background")
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 5.6))
 for ax, sel, title in ((axes[0], labels > 0, f"positives ({n_pos}), colour of their gt"),
@@ -246,13 +214,8 @@ save_figure(fig, "06_box_refinement")
 #
 # Every (proposal, class) pair is a candidate: P × K boxes. Keep those scoring above
 # `box_score_thresh` = 0.05, drop empty boxes, run NMS at IoU 0.5 separately for each class,
-# keep the top 100. Then, with `box_refine` (on in the shapes preset; not in the paper), the box
-# head pools its own detections again — they sit closer to the objects than the proposals did —
-# and the two box estimates and the two probabilities of the detected class are averaged
-# ("iterative box regression"; Cascade R-CNN averages its stages' class scores the same way). On
-# the shipped model it adds about 2 box AP, most of it at IoU 0.85–0.95; a detection the head
-# no longer believes in at its refined box (a fragment, the wrong class) loses score.
-# `model.predict` does exactly this, then runs the mask head (walkthrough 07).
+# keep the top 100. The paper's `MaskRCNN.predict` does exactly this, then runs the mask head on
+# the detections (walkthrough 07): the assert below checks it, box for box.
 
 # %%
 cand_boxes = boxes_all[:, 1:].reshape(-1, 4)
@@ -269,27 +232,10 @@ log("final boxes", det_boxes)
 log("final scores", det_scores)
 print(f"{len(cand_boxes)} (proposal, class) candidates -> score > {cfg.box_score_thresh}: {n_thresh} "
       f"-> after per-class NMS: {len(det_boxes)}")
-if cfg.box_refine and len(det_boxes):
-    det_rois = np.concatenate([np.zeros((len(det_boxes), 1), det_boxes.dtype), det_boxes], axis=1)
-    again_feats, _ = heads.pool(features[:4], det_rois, cfg.box_pool_size)
-    again_logits, again_deltas = heads.box_predictor(heads.box_head(again_feats))
-    rows = np.arange(len(det_boxes))
-    again_deltas = again_deltas.reshape(len(det_boxes), -1, 4)[rows, det_labels]
-    again = clip_boxes(heads.box_coder.decode(again_deltas, det_boxes).reshape(-1, 4), image_size)
-    again_probs = softmax(again_logits)[rows, det_labels]
-    moved = np.abs(again - det_boxes).max(axis=1)
-    print(f"second look: the box head moves its own boxes by {np.median(moved):.2f} px (median "
-          f"of the largest side shift); final box = average of both looks")
-    log("second-look probability of the detected class", again_probs)
-    det_boxes = 0.5 * (det_boxes + again)
-    det_scores = 0.5 * (det_scores + again_probs)
-# predict also multiplies each score by its mask's confidence (walkthrough 07) and sorts by the
-# result, so compare the two as sets of boxes
-pred = model.predict([image])[0]
-rows_in_order = lambda b: b[np.lexsort(b.T[::-1])]                    # noqa: E731
-assert len(pred["boxes"]) == len(det_boxes) and np.allclose(
-    rows_in_order(pred["boxes"]), rows_in_order(det_boxes), atol=1e-4), \
-    "step-by-step detections differ from predict"
+paper_pred = network.predict([image])[0]                    # the paper's path, in eval mode
+assert np.array_equal(paper_pred["boxes"], det_boxes.astype(np.float32)) and np.array_equal(
+    paper_pred["labels"], det_labels), "step-by-step detections differ from MaskRCNN.predict"
+pred = paper_pred
 
 fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
 axes[0].imshow(image)
@@ -298,13 +244,59 @@ axes[0].set_title(f"{n_thresh} candidates scoring > {cfg.box_score_thresh}\n(col
 axes[0].set_xticks([])
 axes[0].set_yticks([])
 strong = det_scores >= 0.5
+shown = f"the {int(strong.sum())} scoring >= 0.5"
 if strong.sum() == 0:                                       # a weak model: show its best 3
     strong = np.arange(len(det_scores)) < 3
+    shown = f"none scores >= 0.5: the best {int(strong.sum())}"
 viz.draw_instances(axes[1], image, det_boxes, det_labels, scores=det_scores,
                    title=f"after per-class NMS: {len(det_boxes)} detections")
 viz.draw_instances(axes[2], image, det_boxes[strong], det_labels[strong], pred["masks"][strong],
                    scores=det_scores[strong],
-                   title=f"the {int(strong.sum())} scoring >= {det_scores[strong].min():.2f}, "
+                   title=f"{shown}, "
                          f"with their masks")
 fig.tight_layout()
 save_figure(fig, "06_final_detections")
+
+# %% [markdown]
+# ## 6. Beyond the paper: what the shipped recipe changes here
+#
+# Two additions of the shipped recipe act on the box branch (`beyond_paper.py`; their measured
+# effects are in docs/results.md):
+#
+# - **IoU-balanced negatives** (Libra R-CNN, Pang et al. 2019), through the RoI heads' `sampler`
+#   seam. Most proposals are plain background (IoU ~0 with every object), so the rare ones that
+#   cover *part* of an object — the hard negatives, what a fragment of a half-hidden shape looks
+#   like — seldom make it into a randomly drawn batch. With `box_neg_iou_bins` = 3 the range
+#   [0, 0.5) is cut into 3 IoU bins and each bin supplies a third of the negatives. The recipe
+#   also adds `box_jitter_per_gt` jittered copies of each ground-truth box as extra candidates.
+# - **A second look of the box head** (`box_refine`): at test time the head pools its own
+#   detections again — they sit closer to the objects than the proposals did — and the two box
+#   estimates and the two probabilities of the detected class are averaged ("iterative box
+#   regression"; Cascade R-CNN averages its stages' class scores the same way).
+
+# %%
+recipe_rois, recipe_labels, _, _ = heads.sample_proposals(train_proposals, [target], np.random.default_rng(0))
+
+
+def negative_iou_counts(sampled_rois, sampled_labels):
+    """How many sampled negatives fall in IoU [0, 1/6), [1/6, 1/3), [1/3, 1/2) with a gt box."""
+    iou = box_iou(target["boxes"], sampled_rois[sampled_labels == 0, 1:]).max(axis=0)
+    return np.histogram(iou, bins=[0, 1 / 6, 1 / 3, 0.5])[0]
+
+
+print(f"{'negatives by IoU with their nearest object':<44}"
+      f"{'[0, 1/6)':>10}{'[1/6, 1/3)':>12}{'[1/3, 1/2)':>12}")
+for name, counts in (("random (paper)", negative_iou_counts(rois, labels)),
+                     (f"IoU-balanced, {cfg.box_neg_iou_bins} bins (recipe)",
+                      negative_iou_counts(recipe_rois, recipe_labels))):
+    print(f"  {name:<42}{counts[0]:>10}{counts[1]:>12}{counts[2]:>12}")
+print(f"positives: {int((labels > 0).sum())} (paper) vs {int((recipe_labels > 0).sum())} "
+      f"(recipe, with {cfg.box_jitter_per_gt} jittered copies of each gt box)")
+
+if len(det_boxes):
+    again, again_probs = second_look(heads, features[:4], boxes_to_rois([det_boxes]), det_labels,
+                                     image_size)
+    moved = np.abs(again - det_boxes).max(axis=1)
+    print(f"second look: the box head moves its own boxes by {np.median(moved):.2f} px (median "
+          f"of the largest side shift); final box = average of both looks")
+    log("second-look probability of the detected class", again_probs)

@@ -1,40 +1,34 @@
 # %% [markdown]
 # # 07 — The mask head: 28×28 masks inside each RoI
 #
-# The mask branch pools each positive RoI at 14×14, runs 4 convs, a 2× transposed conv and a
-# 1×1 conv to K channels of 28×28 logits: one mask per class. What you will see:
+# The mask branch pools each positive RoI at 14×14, the mask head runs 4 convs and a 2×
+# transposed conv, and the mask predictor, a 1×1 conv, gives K channels of 28×28 logits: one mask
+# per class (`mask_head.py`). What you will see:
 #
 # 1. the training targets: the ground-truth mask resampled into a positive RoI at 28×28 —
-#    `roi_heads.project_masks_on_boxes` (RoIAlign on the mask, then ≥ 0.5);
+#    `mask_head.project_masks_on_boxes` (RoIAlign on the mask, then ≥ 0.5);
 # 2. the predicted 28×28 probabilities for the same RoIs — `RoIHeads.pool`, `mask_head`,
-#    `RoIHeads.mask_probs`;
+#    `mask_predictor`, `mask_head.mask_probs`;
 # 3. the paste back into the image (bilinear, threshold 0.5) and its IoU with the ground-truth
-#    mask — `roi_heads.paste_masks`;
+#    mask — `mask_head.paste_masks`;
 # 4. the K sigmoid channels of one RoI: no softmax across classes; only the channel of the
 #    predicted (at training: the ground-truth) class is used, the others are never compared;
-# 5. the score of a detection multiplied by its mask confidence (`Config.mask_rescore`) —
-#    `roi_heads.mask_confidence`.
+# 5. beyond the paper: the score of a detection multiplied by its mask confidence (the shipped
+#    recipe's `mask_rescore`) — `beyond_paper.mask_confidence`.
 #
 # The model is `data/shapes_maskrcnn.npz` (or `$NPMASKRCNN_MODEL`); without it an untrained one.
 
 # %%
-import os
-import sys
-
 import numpy as np
 
-try:
-    import npmaskrcnn  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`: use the repo this file lives in
-    _here = os.path.abspath(globals().get("__file__", os.path.join(os.getcwd(), "_")))
-    sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
-
 from npmaskrcnn import viz
-from npmaskrcnn.roi_heads import mask_confidence, paste_masks, project_masks_on_boxes
+from npmaskrcnn.beyond_paper import mask_confidence
+from npmaskrcnn.boxes import boxes_to_rois
+from npmaskrcnn.mask_head import mask_probs, paste_masks, project_masks_on_boxes
 from npmaskrcnn.shapes import ShapesDataset
 from npmaskrcnn.viz import log, save_figure
 
-import matplotlib.pyplot as plt  # noqa: E402  (viz has selected the Agg backend)
+import matplotlib.pyplot as plt  # noqa: E402  (viz chooses the backend first)
 
 args = viz.parse_walkthrough_args()
 print("figures go to", args.out, "(fast mode)" if args.fast else "")
@@ -57,7 +51,7 @@ proposals = model.rpn(features, image_size)[0]
 # (not the gt box itself, so the RoI is slightly off, as it is in training).
 
 # %%
-rois, labels, _, matched, _ = heads.sample_proposals(proposals, [target], np.random.default_rng(0))
+rois, labels, _, matched = heads.sample_proposals(proposals, [target], np.random.default_rng(0))
 n_gt = len(target["labels"])
 pos = np.flatnonzero(labels > 0)
 is_gt_box = np.array([np.any(np.all(np.isclose(rois[r, 1:], target["boxes"]), axis=1)) for r in pos])
@@ -76,15 +70,14 @@ log("mask targets (P, 28, 28)", mask_targets)
 # %% [markdown]
 # ## 2. Predicted probabilities and 3. the paste back
 #
-# The head's output for a RoI is (K, 28, 28) logits; `mask_probs` takes the sigmoid of the
+# The predictor's output for a RoI is (K, 28, 28) logits; `mask_probs` takes the sigmoid of the
 # channel of the RoI's class. `paste_masks` interpolates the 28×28 grid onto the image pixels
 # inside the box and thresholds at 0.5; pixels outside the box stay 0.
 
 # %%
-mask_feats, _ = heads.pool(features[:4], np.concatenate([np.zeros((len(boxes), 1), boxes.dtype),
-                                                           boxes], axis=1), cfg.mask_pool_size)
-mask_logits = heads.mask_head(mask_feats)                 # (P, K, 28, 28)
-probs = heads.mask_probs(mask_logits, roi_labels)          # (P, 28, 28)
+mask_feats, _ = heads.pool(features[:4], boxes_to_rois([boxes]), cfg.mask_pool_size)   # (P, F, 14, 14)
+mask_logits = heads.mask_predictor(heads.mask_head(mask_feats))                         # (P, K, 28, 28)
+probs = mask_probs(mask_logits, roi_labels)                                             # (P, 28, 28)
 pasted = paste_masks(probs, boxes, image_size, cfg.mask_threshold)   # (P, H, W)
 log("pooled 14x14 features", mask_feats)
 log("mask logits (P, K, 28, 28)", mask_logits)
@@ -166,7 +159,7 @@ save_figure(fig, "07_per_class_channels")
 #
 # The class score says how sure the box head is that the box holds a square, say; it says
 # nothing about whether the mask head could outline it. With `mask_rescore` (on in the shapes
-# preset; not in the paper) each detection's score is multiplied by its mask confidence, the mean
+# recipe; not in the paper) each detection's score is multiplied by its mask confidence, the mean
 # probability over the cells of its own mask. A crisp mask keeps its score (confidence ~0.95);
 # a detection whose mask hovers near 0.5 — a fragment of a half-hidden shape, a box on two
 # objects — drops down the ranking, which is what AP rewards. Mask Scoring R-CNN (Huang et al.,
@@ -175,9 +168,8 @@ save_figure(fig, "07_per_class_channels")
 
 # %%
 image_dets = model.predict([image])[0]
-det_rois = np.concatenate([np.zeros((len(image_dets["boxes"]), 1), np.float32), image_dets["boxes"]], 1)
-det_feats, _ = heads.pool(features[:4], det_rois, cfg.mask_pool_size)
-det_probs = heads.mask_probs(heads.mask_head(det_feats), image_dets["labels"])     # (D, 28, 28)
+det_probs = heads.predict_mask_probs(features[:4], boxes_to_rois([image_dets["boxes"]]),
+                                     image_dets["labels"])                     # (D, 28, 28)
 confidence = mask_confidence(det_probs, cfg.mask_threshold)
 log("mask confidence of each detection", confidence)
 print("   final score  mask confidence  class  (score = box-head score x mask confidence)")

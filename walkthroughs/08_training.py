@@ -4,38 +4,38 @@
 # Training is a loop of `forward` (five losses), `backward` (every gradient, by hand), gradient
 # clipping and an AdamW step, with a warmup + cosine learning-rate schedule. What you will see:
 #
-# 1. one batch, as the loop sees it, with random horizontal flips — `train.get_batch`;
-# 2. a short run from scratch, in this process, into the figure folder (`08_run/`: log.csv,
-#    checkpoint.npz, model.npz, loss_curve.png) — `train.train`; fast mode: 10 steps of a tiny
-#    32×32 config, normal mode: 60 steps of `Config()` (128×128), one image per step (the full
-#    run takes 4);
-# 3. its losses, learning rate and gradient norm per step — `viz.draw_loss_curves`;
-# 4. if `data/train_log.csv` exists (the shipped model's log), the same curves for the real run.
+# 1. one batch, as the loop sees it, with random horizontal flips — `batches.get_batch`;
+# 2. the training loop itself, six lines, for three steps;
+# 3. a short run from scratch with the real loop, in this process, into the figure folder
+#    (`08_run/`: log.csv, checkpoint.npz, model.npz, loss_curve.png) — `train.train`; fast mode:
+#    10 steps of a tiny 32×32 config, normal mode: 60 steps of `Config()` (the paper's model at
+#    128×128), two images per step (the full run takes 4);
+# 4. its losses, learning rate and gradient norm per step — `viz.draw_loss_curves`;
+# 5. if `data/train_log.csv` exists (the shipped model's log), the same curves for the real run.
 #
 # Sixty steps teach the RPN where objects are (its losses fall first); the classifier and the
-# mask head need thousands (`Config().train_steps` = 3000). The full run is
+# mask head need thousands (`Config().train_steps` = 4500). The full run is
 # `python -m npmaskrcnn train`.
 
 # %%
-import os
-import sys
-import time
+from npmaskrcnn.runtime import single_threaded_env
 
-import numpy as np
+single_threaded_env()              # one BLAS thread per process, as the CLI trains (runtime.py)
 
-try:
-    import npmaskrcnn  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`: use the repo this file lives in
-    _here = os.path.abspath(globals().get("__file__", os.path.join(os.getcwd(), "_")))
-    sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
+import os  # noqa: E402
+import time  # noqa: E402
 
-from npmaskrcnn import viz
-from npmaskrcnn.config import Config
-from npmaskrcnn.shapes import ShapesDataset
-from npmaskrcnn.train import LOSS_KEYS, get_batch, read_log, train
-from npmaskrcnn.viz import log, save_figure
+import numpy as np  # noqa: E402
 
-import matplotlib.pyplot as plt  # noqa: E402  (viz has selected the Agg backend)
+from npmaskrcnn import viz  # noqa: E402
+from npmaskrcnn.batches import default_dataset, get_batch  # noqa: E402
+from npmaskrcnn.beyond_paper import build_model  # noqa: E402
+from npmaskrcnn.config import Config  # noqa: E402
+from npmaskrcnn.optim import clip_grad_norm, lr_at  # noqa: E402
+from npmaskrcnn.train import LOSS_KEYS, make_optimizer, read_log, train  # noqa: E402
+from npmaskrcnn.viz import log, save_figure  # noqa: E402
+
+import matplotlib.pyplot as plt  # noqa: E402  (viz chooses the backend first)
 
 args = viz.parse_walkthrough_args()
 print("figures go to", args.out, "(fast mode)" if args.fast else "")
@@ -57,8 +57,7 @@ print(f"config: {cfg.image_size}x{cfg.image_size} images, {cfg.train_steps} step
 
 # %%
 s = cfg.image_size
-dataset = ShapesDataset(cfg.train_steps * cfg.batch_size, seed=cfg.seed, image_size=s,
-                        min_size=max(8, s // 8), max_size=s // 2)   # as `train` builds it
+dataset = default_dataset(cfg)                              # as `train` builds it
 images, targets = get_batch(dataset, 0, cfg)
 log("batch images", np.stack(images))
 log("batch boxes (image 0)", targets[0]["boxes"])
@@ -70,13 +69,33 @@ fig.tight_layout()
 save_figure(fig, "08_batch")
 
 # %% [markdown]
-# ## 2. A short run from scratch
+# ## 2. The loop
 #
-# `train(cfg, out_dir)` builds `MaskRCNN(cfg)`, then for each step: `get_batch`, `forward`,
-# `backward`, `clip_grad_norm`, `AdamW.step`; it writes one row of log.csv per step and a
-# checkpoint at the end. Everything random is seeded by (seed, step): the run is reproducible.
-# The batch is cut into `cfg.grad_shards` shards whose gradients are averaged; `workers=2` computes
-# the second shard in another process (one per core), with the same result as `workers=1`.
+# This is all of training: a batch, the five losses forward, every gradient backward, the global
+# gradient norm clipped, the learning rate of the schedule, one AdamW step.
+
+# %%
+net = build_model(cfg)                                      # the network the config describes
+opt = make_optimizer(net, cfg)
+net.train()
+for step in range(3):
+    images, targets = get_batch(dataset, step, cfg)
+    net.zero_grad()
+    losses = net.forward(images, targets)                   # five losses
+    net.backward()                                          # every parameter's gradient
+    clip_grad_norm(net, cfg.grad_clip)
+    opt.lr = lr_at(step, cfg.lr, cfg.train_steps, cfg.warmup_steps, cfg.schedule)
+    opt.step()
+    print(f"step {step}: loss {sum(losses.values()):.3f}, lr {opt.lr:.2e}")
+
+# %% [markdown]
+# ## 3. A short run from scratch, with the real loop
+#
+# `train(cfg, out_dir)` runs the same loop and adds what a real run needs: one row of log.csv
+# per step, checkpoints, resume, periodic evaluation, a progress bar. Everything random is
+# seeded by (seed, step): the run is reproducible. The batch is cut into `cfg.grad_shards`
+# shards whose gradients are averaged (`parallel.py`); `workers=2` computes the second shard in
+# another process (one per core), with the same result as `workers=1`.
 
 # %%
 run_dir = os.path.join(args.out, "08_run")
@@ -91,7 +110,7 @@ for key in ("loss",) + LOSS_KEYS:
     print(f"  {key:<18} first 5 steps {v[:5].mean():.3f} -> last 5 steps {v[-5:].mean():.3f}")
 
 # %% [markdown]
-# ## 3. Its curves
+# ## 4. Its curves
 #
 # Grey: each step; blue: a moving average. The RPN objectness loss drops first (most anchors are
 # easy negatives); the learning rate warms up linearly, then follows the cosine.
@@ -102,7 +121,7 @@ fig = viz.draw_loss_curves(rows, title=f"this run: {len(rows)} steps of a {s}x{s
 save_figure(fig, "08_loss_curves_this_run")
 
 # %% [markdown]
-# ## 4. The shipped model's run
+# ## 5. The shipped model's run
 #
 # `data/train_log.csv` is the log of the run that produced `data/shapes_maskrcnn.npz` (if it is
 # there). The same curves over thousands of steps: every loss keeps falling, the mask loss last.

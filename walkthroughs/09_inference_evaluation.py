@@ -16,17 +16,9 @@
 # The model is `data/shapes_maskrcnn.npz` (or `$NPMASKRCNN_MODEL`); without it an untrained one.
 
 # %%
-import os
-import sys
 import time
 
 import numpy as np
-
-try:
-    import npmaskrcnn  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`: use the repo this file lives in
-    _here = os.path.abspath(globals().get("__file__", os.path.join(os.getcwd(), "_")))
-    sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
 
 from npmaskrcnn import viz
 from npmaskrcnn.config import Config
@@ -35,7 +27,7 @@ from npmaskrcnn.evaluate import (error_breakdown, evaluate_predictions, format_e
 from npmaskrcnn.shapes import ShapesDataset
 from npmaskrcnn.viz import log, save_figure
 
-import matplotlib.pyplot as plt  # noqa: E402  (viz has selected the Agg backend)
+import matplotlib.pyplot as plt  # noqa: E402  (viz chooses the backend first)
 
 args = viz.parse_walkthrough_args()
 print("figures go to", args.out, "(fast mode)" if args.fast else "")

@@ -1,0 +1,166 @@
+"""Argument checks in one place: paths, numbers, and loading what a command line names.
+
+Every check raises `UsageError` (a ValueError) whose message starts with the argument's name
+and says what was expected; the CLI prints it as one line with exit code 2. Heavy modules are
+imported inside the functions, so importing this module needs only the standard library.
+"""
+
+import math
+import os
+import zipfile
+
+
+class UsageError(ValueError):
+    """A user error: a missing file, an unreadable checkpoint, an invalid value."""
+
+
+def input_file(path, arg):
+    """The path if it names an existing file, else UsageError naming `arg`."""
+    if not os.path.exists(path):
+        raise UsageError(f"{arg}: no such file: {path!r}")
+    if not os.path.isfile(path):
+        raise UsageError(f"{arg}: {path!r} is not a file")
+    return path
+
+
+def input_dir(path, arg):
+    """The path if it names an existing folder, else UsageError naming `arg`."""
+    if not os.path.isdir(path):
+        raise UsageError(f"{arg}: no such folder: {path!r}")
+    return path
+
+
+def output_dir(path, arg):
+    """Create an output folder (and its parents) and check that it is writable. Returns it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"{arg}: {path!r} exists and is not a folder") from None
+    except OSError as e:
+        raise UsageError(f"{arg}: cannot create the folder {path!r}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"{arg}: the folder {path!r} is not writable")
+    return path
+
+
+def output_file(path, arg):
+    """Check an output file's path: its folder is created, and the path is not a folder."""
+    if os.path.isdir(path):
+        raise UsageError(f"{arg}: {path!r} is a folder; expected a file name")
+    output_dir(os.path.dirname(os.path.abspath(path)), arg)
+    return path
+
+
+def at_least(value, least, arg):
+    """An int >= least (None passes through), else UsageError naming `arg`."""
+    if value is not None and value < least:
+        kind = "positive" if least == 1 else f">= {least}" if least else "non-negative"
+        raise UsageError(f"{arg}: expected a {kind} integer, got {value}")
+    return value
+
+
+def fraction(value, arg):
+    """A number in [0, 1] (NaN refused), else UsageError naming `arg`."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
+        raise UsageError(f"{arg}: expected a number in [0, 1], got {value}")
+    return value
+
+
+def only_with(value, arg, other, other_value):
+    """Refuse `arg` when the option it belongs to (`other`) is not given."""
+    if value is not None and other_value is None:
+        raise UsageError(f"{arg}: only meaningful with {other}")
+
+
+def load_model_arg(path, arg="--model", default=None):
+    """Load the checkpoint a command line names; says how to make the shipped one if missing."""
+    from .checkpoint import load_model
+
+    if not os.path.exists(path) and default is not None and os.path.abspath(path) == os.path.abspath(default):
+        raise UsageError(f"{arg}: the shipped model {path!r} is missing. Make it with "
+                         f"`python -m npmaskrcnn train --out runs/shapes` and copy "
+                         f"runs/shapes/model.npz to {path}, or pass --model PATH of a trained model")
+    input_file(path, arg)
+    if not zipfile.is_zipfile(path):
+        raise UsageError(f"{arg}: {path!r} is not an .npz checkpoint (not a zip archive; truncated?)")
+    try:
+        return load_model(path)
+    except (ValueError, OSError) as e:
+        raise UsageError(f"{arg}: {e}") from None
+
+
+def load_coco_arg(json_path, image_dir, arg, images_arg):
+    """Read the COCO dataset a command line names; every image file must exist."""
+    from .coco import load_coco
+
+    input_file(json_path, arg)
+    if image_dir is not None:
+        input_dir(image_dir, images_arg)
+    try:
+        dataset = load_coco(json_path, image_dir)
+    except (ValueError, OSError) as e:
+        raise UsageError(f"{arg}: {e}") from None
+    if len(dataset) == 0:
+        raise UsageError(f"{arg}: {json_path!r} lists no images")
+    missing = [dataset.image_path(i) for i in range(len(dataset))
+               if not os.path.isfile(dataset.image_path(i))]
+    if missing:
+        raise UsageError(f"{images_arg}: {len(missing)} image file(s) of {json_path!r} are missing, "
+                         f"e.g. {missing[0]!r}; pass the image folder with {images_arg}")
+    return dataset
+
+
+def single_image_size(dataset, arg):
+    """(H, W) shared by all images of a CocoDataset, else UsageError naming `arg`."""
+    sizes = {}
+    for img in dataset.images:
+        sizes.setdefault((img["height"], img["width"]), img["file_name"])
+    if len(sizes) > 1:
+        (s1, f1), (s2, f2) = list(sizes.items())[:2]
+        raise UsageError(f"{arg}: the images must all have one size (a batch is one array), but "
+                         f"{f1!r} is {s1[1]}x{s1[0]} and {f2!r} is {s2[1]}x{s2[0]} (width x height); "
+                         f"resize or pad them to one size first")
+    return next(iter(sizes))
+
+
+def read_image_arg(path, arg="IMAGE"):
+    """Read a PNG/JPEG (or any format PIL reads) as (H, W, 3) uint8 RGB."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    input_file(path, arg)
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+        raise UsageError(f"{arg}: cannot read {path!r} as an image: {e}") from None
+
+
+def config_arg(path, arg="--config"):
+    """Read a Config JSON file a command line names."""
+    from .config import Config
+
+    input_file(path, arg)
+    try:
+        with open(path) as f:
+            return Config.from_json(f.read())
+    except (ValueError, TypeError, AttributeError) as e:
+        raise UsageError(f"{arg}: {path!r} is not a valid Config JSON: {e}") from None
+
+
+def overrides_arg(cfg, items, arg="--set"):
+    """`cfg` with --set key=value items applied (Config.with_overrides), errors naming `arg`."""
+    try:
+        return cfg.with_overrides(items)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{arg}: {e}") from None
+
+
+def inference_options_arg(items, arg="--set"):
+    """--set key=value items of inference options as a dict (values parsed as JSON)."""
+    from .config import Config
+
+    try:
+        return Config.parse_overrides(items)
+    except ValueError as e:
+        raise UsageError(f"{arg}: {e}") from None

@@ -1,0 +1,170 @@
+"""The mask branch of Mask R-CNN (paper section 3, "Mask Representation", and figure 4).
+
+Each positive RoI is pooled again, at 14 x 14, and the mask head — four 3x3 convs (each with
+GroupNorm and ReLU when training from scratch) and a 2x2 stride-2 transposed conv + ReLU —
+turns it into a 28 x 28 feature map; the mask predictor, a 1x1 conv, gives one 28 x 28 mask
+logit map per class.
+
+Training: the target of an RoI is its ground-truth mask resampled into the RoI's box at 28 x 28
+(`project_masks_on_boxes`, RoIAlign on the mask then >= 0.5), and `maskrcnn_loss` is the mean
+per-pixel sigmoid BCE on the ground-truth class's channel only: masks of different classes do not
+compete (the paper's decoupling of mask and class; softmax across classes is the ablation).
+
+Inference: the mask branch runs on the detections; each detection's own-class probabilities are
+pasted into the image inside its box (`paste_masks`) and thresholded at 0.5.
+
+Shape shorthand:
+    P RoIs with a mask, Kc mask channels (K; 1 when class-agnostic; +1 background channel with
+    the softmax loss), S pool size (14), M = 2S mask side (28), H x W image size
+
+Naming:
+    mask_logits     (P, Kc, M, M); mask_targets (P, M, M) in {0, 1}; mask_probs (P, M, M)
+    matched_idxs    (P,) index of each RoI's ground-truth instance in its image
+"""
+
+import numpy as np
+
+from .losses import sigmoid_binary_cross_entropy, softmax_cross_entropy
+from .nn import Conv2d, ConvTranspose2d, Module, ReLU, Sequential, conv_gn_relu
+from .roi_ops import roi_align_forward
+
+
+class MaskHead(Module):
+    """n x (3x3 conv + GN + ReLU), 2x2 stride-2 transposed conv + ReLU. (P, F, S, S) -> (P, C, 2S, 2S)."""
+
+    def __init__(self, in_ch, ch, num_convs, groups, rng):
+        super().__init__()
+        convs = [conv_gn_relu(in_ch if i == 0 else ch, ch, 3, 1, groups, rng) for i in range(num_convs)]
+        self.add("convs", Sequential(*convs))
+        self.add("deconv", ConvTranspose2d(ch, ch, 2, 2, rng=rng))
+        self.add("relu", ReLU())
+
+    def forward(self, x):
+        return self.relu(self.deconv(self.convs(x)))
+
+    def backward(self, dout):
+        return self.convs.backward(self.deconv.backward(self.relu.backward(dout)))
+
+
+class MaskPredictor(Module):
+    """A 1x1 conv to one mask logit map per class: (P, C, M, M) -> (P, Kc, M, M)."""
+
+    def __init__(self, ch, out_ch, rng):
+        super().__init__()
+        self.add("mask_fcn_logits", Conv2d(ch, out_ch, 1, rng=rng, init=0.001))
+
+    def forward(self, x):
+        return self.mask_fcn_logits(x)
+
+    def backward(self, dout):
+        return self.mask_fcn_logits.backward(dout)
+
+
+def mask_channels(cfg):
+    """Kc, the predictor's output channels: K (or 1 class-agnostic), +1 background with softmax."""
+    out = 1 if cfg.class_agnostic_masks else cfg.num_classes
+    return out + 1 if cfg.mask_loss == "softmax" else out
+
+
+def project_masks_on_boxes(gt_masks, boxes, matched_idxs, size):
+    """Resample each RoI's ground-truth mask into the RoI at size x size (RoIAlign on the mask).
+
+    Inputs: gt_masks (G, H, W) bool, boxes (P, 4), matched_idxs (P,) into gt_masks, size int
+    Returns: (P, size, size) float targets in {0, 1} (bilinear average >= 0.5).
+    """
+    dtype = boxes.dtype
+    rois = np.concatenate([matched_idxs[:, None].astype(dtype), boxes], axis=1)
+    sampled, _ = roi_align_forward(gt_masks[:, None].astype(dtype), rois, size, spatial_scale=1.0,
+                                   sampling_ratio=2, aligned=True)
+    return (sampled[:, 0] >= 0.5).astype(dtype)
+
+
+def mask_targets(gt_masks_per_image, rois, matched_idxs, size):
+    """(P, M, M) targets: each RoI's matched ground-truth mask, resampled into the RoI.
+
+    Inputs: gt_masks_per_image list of N (G_i, H, W) bool; rois (P, 5); matched_idxs (P,)
+    """
+    out = np.zeros((rois.shape[0], size, size), rois.dtype)
+    image_idx = rois[:, 0].astype(np.int64)
+    for i in np.unique(image_idx):
+        sel = np.flatnonzero(image_idx == i)
+        out[sel] = project_masks_on_boxes(gt_masks_per_image[i], rois[sel, 1:], matched_idxs[sel], size)
+    return out
+
+
+def maskrcnn_loss(mask_logits, mask_targets, labels, kind="sigmoid", class_agnostic=False):
+    """loss_mask and its gradient (torchvision's `maskrcnn_loss`).
+
+    sigmoid (paper): BCE on the ground-truth class's channel only, mean over P*M*M pixels.
+    softmax (the paper's ablation, Table 2b): per-pixel CE across [background, classes...], the
+    RoI's class inside the mask and background outside, mean over pixels.
+
+    Inputs: mask_logits (P, Kc, M, M), mask_targets (P, M, M), labels (P,) in 1..K
+    Returns: loss (float), dmask_logits (P, Kc, M, M)
+    """
+    p, kc, m, _ = mask_logits.shape
+    dlogits = np.zeros_like(mask_logits)
+    if kind == "sigmoid":
+        ch = np.zeros(p, np.int64) if class_agnostic else labels - 1
+        loss, d = sigmoid_binary_cross_entropy(mask_logits[np.arange(p), ch], mask_targets)
+        dlogits[np.arange(p), ch] = d                      # the other classes' channels get none
+        return float(loss), dlogits
+    cls = np.ones(p, np.int64) if class_agnostic else labels
+    pix_labels = (mask_targets > 0.5) * cls[:, None, None]                     # (P, M, M)
+    flat = mask_logits.transpose(0, 2, 3, 1).reshape(-1, kc)
+    loss, d = softmax_cross_entropy(flat, pix_labels.reshape(-1))
+    dlogits[...] = d.reshape(p, m, m, kc).transpose(0, 3, 1, 2)
+    return float(loss), dlogits
+
+
+def mask_probs(mask_logits, labels, kind="sigmoid", class_agnostic=False):
+    """Probability map of each detection's own class: (D, Kc, M, M) -> (D, M, M)."""
+    d = mask_logits.shape[0]
+    if kind == "sigmoid":
+        ch = np.zeros(d, np.int64) if class_agnostic else labels - 1
+        x = mask_logits[np.arange(d), ch]
+        return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
+    # softmax: a pixel belongs to the mask when its own class wins the per-pixel argmax, so
+    # return p_k / (p_k + max_{j != k} p_j), which is > 0.5 exactly then (with 4 channels p_k
+    # itself can win while staying below 0.5)
+    ch = np.ones(d, np.int64) if class_agnostic else labels
+    e = np.exp(mask_logits - mask_logits.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    own = p[np.arange(d), ch]
+    p[np.arange(d), ch] = -1.0
+    return own / (own + p.max(axis=1))
+
+
+def paste_masks(mask_probs, boxes, image_size, threshold=0.5):
+    """Paste M x M mask probabilities into the image inside their boxes and threshold them.
+
+    Mask cell (i, j) is centred at (x1 + (j + 0.5) w / M, y1 + (i + 0.5) h / M), the same points
+    `project_masks_on_boxes` sampled; every image pixel centre inside the box is bilinearly
+    interpolated from them (edge cells extend to the box edge), pixels outside the box are 0.
+
+    Inputs: mask_probs (D, M, M), boxes (D, 4), image_size (h, w)
+    Returns: (D, h, w) bool
+    """
+    h, w = image_size
+    d, m = mask_probs.shape[0], mask_probs.shape[-1]
+    out = np.zeros((d, h, w), dtype=bool)
+    for i in range(d):
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
+        c0, c1 = max(int(np.floor(x1)), 0), min(int(np.ceil(x2)), w)
+        r0, r1 = max(int(np.floor(y1)), 0), min(int(np.ceil(y2)), h)
+        if c1 <= c0 or r1 <= r0:
+            continue
+        xs = np.arange(c0, c1) + 0.5                           # pixel centres
+        ys = np.arange(r0, r1) + 0.5
+        u = np.clip((xs - x1) * m / max(x2 - x1, 1e-6) - 0.5, 0, m - 1)
+        v = np.clip((ys - y1) * m / max(y2 - y1, 1e-6) - 0.5, 0, m - 1)
+        u0 = np.minimum(u.astype(np.int64), m - 2) if m > 1 else np.zeros_like(u, np.int64)
+        v0 = np.minimum(v.astype(np.int64), m - 2) if m > 1 else np.zeros_like(v, np.int64)
+        fu, fv = u - u0, v - v0
+        u1, v1 = np.minimum(u0 + 1, m - 1), np.minimum(v0 + 1, m - 1)
+        p = mask_probs[i]
+        rows = p[v0] * (1 - fv)[:, None] + p[v1] * fv[:, None]          # (hh, M)
+        vals = rows[:, u0] * (1 - fu)[None, :] + rows[:, u1] * fu[None, :]
+        inside = ((xs >= x1) & (xs <= x2))[None, :] & ((ys >= y1) & (ys <= y2))[:, None]
+        out[i, r0:r1, c0:c1] = (vals >= threshold) & inside
+    return out
