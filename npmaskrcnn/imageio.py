@@ -79,7 +79,8 @@ def to_rgb_uint8(image):
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)
         notes.append(f"{image.n_frames} frames: the first one used")
-    args = image.tile[0].args if image.tile else None          # before decoding: the raw mode
+    tile = getattr(image, "tile", None)                        # before decoding: the raw mode
+    args = tile[0].args if tile else None
     raw_mode = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else None)
     orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
     if orientation in EXIF_ORIENTATIONS:
