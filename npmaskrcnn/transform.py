@@ -89,6 +89,20 @@ def _linear_indices(in_size, out_size, dtype):
     return i0, i1, (dtype(1) - l1).astype(dtype), l1
 
 
+def _interpolate(x, rows, cols):
+    """Separable linear interpolation of (C, H, W) given (i0, i1, l0, l1) per axis."""
+    i0h, i1h, l0h, l1h = rows
+    i0w, i1w, l0w, l1w = cols
+    out = l0w * x[:, :, i0w] + l1w * x[:, :, i1w]                          # (C, H, W')
+    return l0h[:, None] * out[:, i0h] + l1h[:, None] * out[:, i1h]         # (C, H', W')
+
+
+def _used(i0, i1):
+    """The source indices an axis reads, and i0, i1 renumbered into them."""
+    used, inverse = np.unique(np.concatenate([i0, i1]), return_inverse=True)
+    return used, inverse[:len(i0)], inverse[len(i0):]
+
+
 def resize_bilinear(x, size):
     """Bilinear resize of (C, H, W), as F.interpolate(mode="bilinear", align_corners=False).
 
@@ -110,10 +124,7 @@ def resize_bilinear(x, size):
     (h, w), (oh, ow) = x.shape[1:], size
     if (oh, ow) == (h, w):
         return x.copy()
-    i0h, i1h, l0h, l1h = _linear_indices(h, oh, dtype)
-    i0w, i1w, l0w, l1w = _linear_indices(w, ow, dtype)
-    rows = l0w * x[:, :, i0w] + l1w * x[:, :, i1w]                         # (C, H, W')
-    return l0h[:, None] * rows[:, i0h] + l1h[:, None] * rows[:, i1h]       # (C, H', W')
+    return _interpolate(x, _linear_indices(h, oh, dtype), _linear_indices(w, ow, dtype))
 
 
 def resize_masks(masks, size):
@@ -267,6 +278,24 @@ class Transform:
         std = np.asarray(self.pixel_std, dtype)[:, None, None]
         return (x - mean) / std
 
+    def normalize_resize(self, image, size, dtype=np.float32):
+        """`resize_bilinear(self.normalize(image), size)`, normalising only the pixels it reads.
+
+        Shrinking a 4000 x 3000 photo to 1066 x 800 reads at most 2 rows per output row and 2
+        columns per output column; normalisation is per pixel, so normalising those alone gives
+        the same numbers bit for bit, with a quarter of the memory and time.
+
+        Inputs: image (H, W, 3) uint8; size (H', W'); dtype
+        Returns: (3, H', W') dtype
+        """
+        (h, w), (oh, ow) = image.shape[:2], size
+        (i0h, i1h, l0h, l1h), (i0w, i1w, l0w, l1w) = (_linear_indices(h, oh, dtype),
+                                                      _linear_indices(w, ow, dtype))
+        rows, r0, r1 = _used(i0h, i1h)
+        cols, c0, c1 = _used(i0w, i1w)
+        x = self.normalize(image[rows][:, cols], dtype)
+        return _interpolate(x, (r0, r1, l0h, l1h), (c0, c1, l0w, l1w))
+
     def target_size(self, h, w, min_size):
         """(H', W') of an (H, W) image for this min_size (None: unchanged)."""
         return (h, w) if min_size is None else resized_size(h, w, min_size, self.max_size)
@@ -299,8 +328,7 @@ class Transform:
         for i, im in enumerate(images):
             h, w = im.shape[:2]
             new = self.target_size(h, w, self.pick_min_size(training, rng))
-            x = self.normalize(im, dtype)
-            xs.append(x if new == (h, w) else resize_bilinear(x, new))
+            xs.append(self.normalize(im, dtype) if new == (h, w) else self.normalize_resize(im, new, dtype))
             sizes.append(new)
             originals.append((h, w))
             if targets is not None:

@@ -71,6 +71,14 @@ def test_transform_hand_case_end_to_end():
     assert not batch.tensors[0, :, 4:].any() and not batch.tensors[0, :, :, 8:].any()
 
 
+@pytest.mark.parametrize("hw, size", [((300, 401), (149, 200)), ((37, 23), (800, 497)), ((5, 9), (5, 4))])
+def test_normalising_only_the_pixels_read_changes_nothing(hw, size):
+    image = np.random.default_rng(hw[0]).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    for t in (Transform(), Transform.torchvision()):
+        expected = resize_bilinear(t.normalize(image), size)
+        np.testing.assert_array_equal(t.normalize_resize(image, size), expected)
+
+
 def test_normalisation_in_both_units():
     image = np.full((2, 2, 3), 255, np.uint8)
     image[0, 0] = (0, 128, 51)
