@@ -1,7 +1,7 @@
 """Tests of the anchors-vs-data analysis: hand cases, the nearest-centre shortcut against all
 anchors, the factor search, the dataset readers and the figure."""
 
-import matplotlib
+from matplotlib.figure import Figure
 import numpy as np
 import pytest
 
@@ -94,6 +94,6 @@ def test_figure_is_built_without_pyplot(tmp_path):
     ds = ShapesDataset(4, seed=1)
     fit = fit_anchors(dataset_samples(ds), (8, 16, 32, 64, 128), scale_factors=(0.5, 1.0, 2.0))
     fig = anchor_fit_figure(fit)
-    assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == 3
+    assert isinstance(fig, Figure) and len(fig.axes) == 3
     fig.savefig(tmp_path / "anchors.png")
     assert (tmp_path / "anchors.png").stat().st_size > 1000
