@@ -246,9 +246,10 @@ def anchor_fit_figure(fit):
     ax_iou, ax_size, ax_scale = fig.subplots(1, 3)
     counts, edges = fit.histogram
     ax_iou.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4c72b0")
-    for t, share in ((0.5, fit.share_05), (0.7, fit.share_07)):
+    for t in (0.5, 0.7):
         ax_iou.axvline(t, color="k", ls="--", lw=1)
-        ax_iou.text(t, ax_iou.get_ylim()[1] * 0.95, f" >= {t}: {100 * share:.0f}%", va="top", fontsize=8)
+    ax_iou.text(0.02, 0.97, f"IoU >= 0.5: {100 * fit.share_05:.1f}%\nIoU >= 0.7: {100 * fit.share_07:.1f}%",
+                transform=ax_iou.transAxes, va="top", fontsize=9)
     ax_iou.set(xlabel="best anchor IoU of each object", ylabel="objects", xlim=(0, 1),
                title=f"{len(fit.best_iou)} objects, {fit.num_images} images")
     if len(fit.object_sizes):
@@ -268,5 +269,9 @@ def anchor_fit_figure(fit):
     ax_scale.axvline(fit.best_scale, color="#c44e52", ls="--", lw=1)
     ax_scale.set(xscale="log", xlabel="factor on all anchor sizes", ylabel="% of objects",
                  ylim=(0, 100), title=f"search: best x {fit.best_scale:.3g}")
+    ticks = [f for f in (0.125, 0.25, 0.5, 1, 2, 4, 8)
+             if fit.scale_factors.min() <= f <= fit.scale_factors.max()]
+    ax_scale.set_xticks(ticks, [f"{f:g}" for f in ticks])
+    ax_scale.set_xticks([], minor=True)
     ax_scale.legend(fontsize=8)
     return fig
