@@ -28,6 +28,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from .files import atomic_write, write_json_atomic  # noqa: F401  (write_json_atomic: part of this module's API)
+from .imageio import read_image
 from .shapes import masks_to_boxes
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
@@ -141,17 +142,25 @@ class CocoDataset:
     """A COCO-format instance segmentation dataset, indexable like `ShapesDataset`.
 
     `ds[i]` -> (image (H, W, 3) uint8, {"boxes" (M, 4) float32 xyxy, "labels" (M,) int64 1..K,
-    "masks" (M, H, W) bool}). Images are read from disk on access; crowd annotations are skipped.
+    "masks" (M, H, W) bool}). Images are read from disk on access, through `imageio.read_image`
+    (grey, 16-bit, palette, RGBA, CMYK and EXIF-rotated files become 8-bit RGB); crowd
+    annotations are skipped.
     """
 
-    def __init__(self, coco_dict, image_dir):
+    def __init__(self, coco_dict, image_dir, on_bad_image="raise"):
         """Validate a parsed instances JSON and index it.
 
         Inputs:
         - coco_dict: the parsed JSON
         - image_dir: folder the images' `file_name`s are relative to
+        - on_bad_image: "raise" (default): an image that is missing, cannot be decoded or does not
+          have the JSON's size raises, naming the file, when it is read; "skip": every image is
+          read once here and those are left out, with their annotations, and one warning names
+          each file and why (also in `self.skipped`, a list of (file_name, reason))
         Returns: the dataset; raises ValueError naming the offending field
         """
+        if on_bad_image not in ("raise", "skip"):
+            raise ValueError(f"on_bad_image: expected 'raise' or 'skip', got {on_bad_image!r}")
         for key in REQUIRED_KEYS:
             if key not in coco_dict:
                 raise ValueError(f"COCO JSON is missing the top-level field '{key}' "
@@ -218,6 +227,37 @@ class CocoDataset:
                 raise ValueError(f"annotation id {ann['id']}: field 'bbox' must be [x, y, w, h] "
                                  f"of finite numbers with w, h >= 0, got {ann['bbox']}")
             self._annotations[ann["image_id"]].append(ann)
+        self.skipped = []
+        if on_bad_image == "skip":
+            self._skip_bad_images()
+
+    def _skip_bad_images(self):
+        """Read every image once; drop those that fail (`on_bad_image="skip"`), with one warning."""
+        keep = []
+        for info in self.images:
+            try:
+                self._read(info)
+            except (OSError, ValueError) as e:
+                self.skipped.append((info["file_name"], str(e)))
+                del self._annotations[info["id"]]
+            else:
+                keep.append(info)
+        self.images = keep
+        self.image_ids = [info["id"] for info in keep]
+        if self.skipped:
+            lines = "".join(f"\n  {name}: {reason}" for name, reason in self.skipped)
+            warnings.warn(f"COCO dataset: skipped {len(self.skipped)} of "
+                          f"{len(self.skipped) + len(keep)} images that cannot be used:{lines}",
+                          stacklevel=3)
+
+    def _read(self, info, return_conversions=False):
+        """Read one image of the JSON and check its size against the JSON's height and width."""
+        path = os.path.join(self.image_dir, info["file_name"])
+        image, conversions = read_image(path, return_conversions=True)
+        if image.shape[:2] != (info["height"], info["width"]):
+            raise ValueError(f"image id {info['id']}: {path} is {image.shape[1]}x{image.shape[0]} "
+                             f"(width x height) but the JSON says {info['width']}x{info['height']}")
+        return (image, conversions) if return_conversions else image
 
     def __len__(self):
         return len(self.images)
@@ -226,24 +266,20 @@ class CocoDataset:
         """Inputs: i, the dataset index. Returns: the path of image i on disk."""
         return os.path.join(self.image_dir, self.images[i]["file_name"])
 
-    def load_image(self, i):
-        """Image i as RGB (grayscale, palette and RGBA are converted; alpha is dropped).
+    def load_image(self, i, return_conversions=False):
+        """Image i as 8-bit RGB, converted as `imageio.read_image` does (alpha dropped, 16-bit
+        scaled, EXIF orientation applied).
 
         Inputs:
         - i: int in [0, len)
+        - return_conversions: also return what was converted
         Returns:
         - image: (H, W, 3) uint8
+        - conversions: tuple of str (only with return_conversions=True)
+        Raises FileNotFoundError or ValueError naming the file if it is missing, cannot be
+        decoded, or is not the JSON's size.
         """
-        path = self.image_path(i)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image file not found: {path}")
-        with Image.open(path) as im:
-            image = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        info = self.images[i]
-        if image.shape[:2] != (info["height"], info["width"]):
-            raise ValueError(f"image id {info['id']}: {path} is {image.shape[1]}x{image.shape[0]} "
-                             f"(width x height) but the JSON says {info['width']}x{info['height']}")
-        return image
+        return self._read(self.images[i], return_conversions)
 
     def load_target(self, i):
         """The instances of image i, without reading the image.
@@ -292,13 +328,14 @@ class CocoDataset:
         return f"CocoDataset({len(self)} images, classes={self.class_names})"
 
 
-def load_coco(instances_json, image_dir=None):
+def load_coco(instances_json, image_dir=None, on_bad_image="raise"):
     """Read a COCO-format instance segmentation dataset.
 
     Inputs:
     - instances_json: path of the instances JSON
     - image_dir: folder of the images; default the JSON's folder + "/images" if that exists,
       else the JSON's folder
+    - on_bad_image: "raise" or "skip" (see `CocoDataset`; "skip" reads every image once here)
     Returns:
     - dataset: CocoDataset; FileNotFoundError if the JSON is missing, ValueError (naming the
       field and annotation id) if it is malformed
@@ -319,7 +356,7 @@ def load_coco(instances_json, image_dir=None):
         folder = os.path.dirname(os.path.abspath(instances_json))
         images = os.path.join(folder, "images")
         image_dir = images if os.path.isdir(images) else folder
-    return CocoDataset(coco_dict, image_dir)
+    return CocoDataset(coco_dict, image_dir, on_bad_image)
 
 
 def _label_to_category_id(dataset):
