@@ -226,7 +226,7 @@ def generate_shapes_image(rng, image_size=128, min_shapes=1, max_shapes=4, min_s
     noise_sigma = 0.0
     if noise_std > 0:
         noise_sigma = noise_std * arng.random()
-        noisy = image + arng.normal(0.0, noise_sigma, size=image.shape)
+        noisy = image + np.float32(noise_sigma) * arng.standard_normal(image.shape, np.float32)
         image = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
     masks = np.array([visible for _, visible in kept], dtype=bool).reshape(len(kept), H, W)
     # 3) boxes from the visible masks

@@ -122,7 +122,9 @@ def pick_color(candidates, arng, full, background, bg_image, colors, full_masks,
     - color: (3,) uint8
     """
     if bg_image is not None and full.any():
-        under = bg_image[full].astype(np.float64)  # (P, 3)
+        # the distinct colours under the shape (far fewer than its pixels), via 24-bit codes
+        codes = np.unique(bg_image[full].astype(np.int64) @ np.array([65536, 256, 1]))
+        under = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], axis=1).astype(np.float64)
     else:
         under = background[None].astype(np.float64)
     shapes = np.array(colors, dtype=np.float64).reshape(-1, 3)
