@@ -31,6 +31,8 @@ draws no random number, so the default images are bit-identical to those of the 
 - `border_cut_prob`: a shape's centre may lie anywhere in the image, so up to 3/4 of the shape
   can lie outside; the visible part is the instance (mask = its visible pixels, box = their box),
   and its visible fraction counts the outside part as hidden;
+- `overlap_prob`: a shape is centred near an earlier one (so that it covers part of it): more
+  heavily occluded instances than uniform placement gives;
 - `axis_aligned_prob`: a square is axis-aligned, a triangle upright (apex up);
 - `background_gradient`, `background_texture`, `noise_std`: a linear colour ramp, smooth blotches
   and Gaussian pixel noise. Contrast is measured against the noise-free background at every
@@ -40,9 +42,10 @@ Random streams: image i comes from `np.random.default_rng([seed, i])`: the data 
 machine and independent of the order in which images are read, so training can draw fresh images
 on the fly. The layout (classes, sizes, angles, centres, the 32 uniform colour candidates) comes
 from that generator in the original order, plus one draw per shape for each geometry option that
-is on (`axis_aligned_prob`, `border_cut_prob`). Everything that only changes colours (background
-pattern, low-contrast colours, extra colour candidates, noise) comes from a second generator
-spawned from it (`rng.spawn(1)`), so turning those on changes pixels but never masks.
+is on (`axis_aligned_prob`, `border_cut_prob`, `overlap_prob`; the latter 3 more when it applies).
+Everything that only changes colours (background pattern, low-contrast colours, extra colour
+candidates, noise) comes from a second generator spawned from it (`rng.spawn(1)`, which draws
+nothing from the first), so turning those on changes pixels but never masks.
 
 Shape shorthand:
     H, W   image height and width (both `image_size`)
@@ -71,14 +74,14 @@ MIN_SHAPE_DISTANCE = 60.0  # ... and from the colours of the other shapes in the
 GENTLE = dict(min_shapes=1, max_shapes=4, min_size=16, max_size=64, min_visible_fraction=0.5,
               min_visible_pixels=MIN_VISIBLE_PIXELS, min_background_contrast=MIN_BACKGROUND_DISTANCE,
               min_shape_contrast=MIN_SHAPE_DISTANCE, low_contrast_prob=0.0, strict_contrast=False,
-              border_cut_prob=0.0, axis_aligned_prob=0.0, background_gradient=0.0,
-              background_texture=0.0, noise_std=0.0)
+              border_cut_prob=0.0, overlap_prob=0.0, axis_aligned_prob=0.0,
+              background_gradient=0.0, background_texture=0.0, noise_std=0.0)
 # What the next shipped model is to be trained on: contrast down to 15, shapes cut by the border,
-# down to 15 % visible, up to 80 px, half of the squares and triangles axis-aligned, mild
-# gradients, blotches and noise, up to 6 shapes.
+# down to 15 % visible (and placed to overlap more often), up to 80 px, half of the squares and
+# triangles axis-aligned, mild gradients, blotches and noise, up to 6 shapes.
 HARD = dict(GENTLE, max_shapes=6, max_size=80, min_visible_fraction=0.15,
             min_background_contrast=15.0, min_shape_contrast=15.0, low_contrast_prob=0.25,
-            strict_contrast=True, border_cut_prob=0.5, axis_aligned_prob=0.5,
+            strict_contrast=True, border_cut_prob=0.5, overlap_prob=0.3, axis_aligned_prob=0.5,
             background_gradient=40.0, background_texture=12.0, noise_std=3.0)
 
 
@@ -134,9 +137,9 @@ def generate_shapes_image(rng, image_size=128, min_shapes=1, max_shapes=4, min_s
                           min_visible_pixels=MIN_VISIBLE_PIXELS,
                           min_background_contrast=MIN_BACKGROUND_DISTANCE,
                           min_shape_contrast=MIN_SHAPE_DISTANCE, low_contrast_prob=0.0,
-                          strict_contrast=False, border_cut_prob=0.0, axis_aligned_prob=0.0,
-                          background_gradient=0.0, background_texture=0.0, noise_std=0.0,
-                          return_info=False):
+                          strict_contrast=False, border_cut_prob=0.0, overlap_prob=0.0,
+                          axis_aligned_prob=0.0, background_gradient=0.0,
+                          background_texture=0.0, noise_std=0.0, return_info=False):
     """Draw one shapes image and its instances (steps 1-3 of the module docstring).
 
     Inputs:
@@ -163,14 +166,15 @@ def generate_shapes_image(rng, image_size=128, min_shapes=1, max_shapes=4, min_s
         arng = rng.spawn(1)[0]
     bg_image = background_image(arng, background, H, W, background_gradient,
                                  background_texture) if patterned else None
-    full_masks, full_areas, labels, colors = [], [], [], []
-    for _ in range(num_shapes):
+    full_masks, full_areas, labels, colors, centres = [], [], [], [], []
+    for k in range(num_shapes):
         label = int(rng.integers(1, len(CLASS_NAMES) + 1))
         size = rng.uniform(min_size, max_size)
         angle = rng.uniform(0.0, 2.0 * np.pi)
         if axis_aligned_prob > 0 and rng.random() < axis_aligned_prob:
             angle = np.pi / 4 if label == 1 else -np.pi / 2  # square axis-aligned, triangle apex up
         cut = border_cut_prob > 0 and rng.random() < border_cut_prob
+        near = overlap_prob > 0 and k > 0 and rng.random() < overlap_prob
         if label == 2:
             offsets = None
             lo = np.full(2, -size / 2.0)
@@ -181,10 +185,18 @@ def generate_shapes_image(rng, image_size=128, min_shapes=1, max_shapes=4, min_s
             offsets *= size / (offsets.max(axis=0) - offsets.min(axis=0)).max()
             lo, hi = offsets.min(axis=0), offsets.max(axis=0)
         if cut:  # the centre anywhere in the image: up to 3/4 of the shape outside
-            cx, cy = rng.uniform(0.0, W), rng.uniform(0.0, H)
+            x_range, y_range = (0.0, W), (0.0, H)
         else:  # the whole shape inside; max() guards against rounding when it is image-sized
-            cx = rng.uniform(-lo[0], max(W - hi[0], -lo[0]))
-            cy = rng.uniform(-lo[1], max(H - hi[1], -lo[1]))
+            x_range = (-lo[0], max(W - hi[0], -lo[0]))
+            y_range = (-lo[1], max(H - hi[1], -lo[1]))
+        if near:  # within a quarter of the two sizes of an earlier centre, per axis: they overlap
+            (px, py, p_size) = centres[int(rng.integers(len(centres)))]
+            reach = (p_size + size) / 4.0
+            cx = float(np.clip(px + rng.uniform(-reach, reach), *x_range))
+            cy = float(np.clip(py + rng.uniform(-reach, reach), *y_range))
+        else:
+            cx, cy = rng.uniform(*x_range), rng.uniform(*y_range)
+        centres.append((cx, cy, size))
         candidates = rng.integers(0, 256, size=(COLOR_CANDIDATES, 3)).astype(np.float64)
 
         # rasterise the whole shape inside its bounding window only (which may reach past the
@@ -247,8 +259,6 @@ def generate_shapes_image(rng, image_size=128, min_shapes=1, max_shapes=4, min_s
     return image, target, info
 
 
-
-
 class ShapesDataset:
     """A fixed-length, random-access, deterministic shapes dataset.
 
@@ -262,8 +272,9 @@ class ShapesDataset:
                  min_visible_pixels=MIN_VISIBLE_PIXELS,
                  min_background_contrast=MIN_BACKGROUND_DISTANCE,
                  min_shape_contrast=MIN_SHAPE_DISTANCE, low_contrast_prob=0.0,
-                 strict_contrast=False, border_cut_prob=0.0, axis_aligned_prob=0.0,
-                 background_gradient=0.0, background_texture=0.0, noise_std=0.0):
+                 strict_contrast=False, border_cut_prob=0.0, overlap_prob=0.0,
+                 axis_aligned_prob=0.0, background_gradient=0.0, background_texture=0.0,
+                 noise_std=0.0):
         """Inputs (sizes in pixels, colours in RGB levels; the defaults are `GENTLE`):
         - num_images, seed: ints >= 0; image_size: int >= 1
         - min_shapes, max_shapes: shapes drawn per image (uniform), 1 <= min <= max
@@ -280,6 +291,8 @@ class ShapesDataset:
           takes the best of 32 candidates when none clears them: rare, the original rule)
         - border_cut_prob (0): share of shapes whose centre is anywhere in the image, so that
           the image border may cut them
+        - overlap_prob (0): share of shapes (after the first) centred near an earlier shape's
+          centre, so that they overlap it
         - axis_aligned_prob (0): share of squares drawn axis-aligned and triangles upright
         - background_gradient (0): a linear ramp of up to this many levels per channel across
           the image; background_texture (0): smooth blotches of up to +- this many levels
@@ -303,7 +316,7 @@ class ShapesDataset:
                 raise ValueError(f"{name}: expected a finite number of pixels, got {v!r}")
         for name, v in (("min_visible_fraction", min_visible_fraction),
                         ("low_contrast_prob", low_contrast_prob),
-                        ("border_cut_prob", border_cut_prob),
+                        ("border_cut_prob", border_cut_prob), ("overlap_prob", overlap_prob),
                         ("axis_aligned_prob", axis_aligned_prob)):
             if not is_num(v) or not 0 <= v <= 1:
                 raise ValueError(f"{name}: expected a number in [0, 1], got {v!r}")
@@ -332,7 +345,8 @@ class ShapesDataset:
             min_background_contrast=float(min_background_contrast),
             min_shape_contrast=float(min_shape_contrast),
             low_contrast_prob=float(low_contrast_prob), strict_contrast=bool(strict_contrast),
-            border_cut_prob=float(border_cut_prob), axis_aligned_prob=float(axis_aligned_prob),
+            border_cut_prob=float(border_cut_prob), overlap_prob=float(overlap_prob),
+            axis_aligned_prob=float(axis_aligned_prob),
             background_gradient=float(background_gradient),
             background_texture=float(background_texture), noise_std=float(noise_std))
         self.class_names = CLASS_NAMES
@@ -386,7 +400,9 @@ class ShapesDataset:
         return self._generate(i, True)
 
     def __repr__(self):
-        changed = {k: v for k, v in self.options.items() if v != GENTLE[k]}
-        extra = "".join(f", {k}={v!r}" for k, v in changed.items())
+        settings = dict(min_shapes=self.min_shapes, max_shapes=self.max_shapes,
+                        min_size=self.min_size, max_size=self.max_size,
+                        min_visible_fraction=self.min_visible_fraction, **self.options)
+        extra = "".join(f", {k}={v!r}" for k, v in settings.items() if v != GENTLE[k])
         return (f"ShapesDataset(num_images={self.num_images}, seed={self.seed}, "
                 f"image_size={self.image_size}{extra})")

@@ -61,7 +61,8 @@ def instance_statistics(dataset, indices=None):
         for k, mask in enumerate(masks):
             to_background = np.linalg.norm(background[mask] - colors[k], axis=1).min()
             neighbours = colors[touch[k]]
-            to_shapes = np.linalg.norm(neighbours - colors[k], axis=1).min() if len(neighbours) else np.nan
+            to_shapes = (np.linalg.norm(neighbours - colors[k], axis=1).min()
+                         if len(neighbours) else np.nan)
             rows["image"].append(i)
             rows["label"].append(target["labels"][k])
             rows["size"].append(max(boxes[k, 2] - boxes[k, 0], boxes[k, 3] - boxes[k, 1]))

@@ -1,5 +1,6 @@
 """Tests of the synthetic shapes dataset: determinism, formats, occlusion, colours, sizes, and the
-options of harder data (contrast, border cuts, visibility, axis-aligned shapes, backgrounds, noise)."""
+options of harder data (contrast, border cuts, visibility, overlap, axis-aligned shapes, backgrounds,
+noise)."""
 
 import hashlib
 import time
@@ -217,7 +218,7 @@ def test_default_data_bit_identical_to_the_original_generator(kwargs, indices, e
 
 
 # pinned when HARD was introduced: the data the next shipped model trains on
-HARD_DIGEST = "fcc1b94117d28a05f430f47e47d4b6b9cc449236a5a3c13090d2a50c4d3da650"
+HARD_DIGEST = "5eec85741aad3fff4786ee917053cba0646a97e6facaad643f9340bd37c6b76d"
 
 
 def test_hard_data_are_pinned():
@@ -292,7 +293,8 @@ def test_border_cuts_keep_the_visible_part():
         for box, mask, full, inside in zip(target["boxes"], target["masks"], info["full_area"],
                                            info["inside_area"]):
             rows, cols = np.nonzero(mask)
-            np.testing.assert_array_equal(box, [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
+            np.testing.assert_array_equal(box, [cols.min(), rows.min(), cols.max() + 1,
+                                                rows.max() + 1])
             on_border = rows.min() == 0 or cols.min() == 0 or rows.max() == 127 or cols.max() == 127
             touching += on_border
             if inside < full:
@@ -356,6 +358,23 @@ def test_occlusion_down_to_the_visibility_floor():
         _, target = ShapesDataset(40, seed=5, max_shapes=6, min_visible_fraction=0.0,
                                   min_visible_pixels=200)[i]
         assert (target["masks"].sum(axis=(1, 2)) >= 200).all()
+
+
+def test_overlap_places_shapes_on_earlier_ones():
+    base = dict(min_shapes=3, max_shapes=5, min_visible_fraction=0.15)
+    spread = instance_statistics(ShapesDataset(150, seed=5, **base))["visible_fraction"]
+    near = instance_statistics(ShapesDataset(150, seed=5, overlap_prob=1.0, **base))
+    assert near["visible_fraction"].min() >= 0.15
+    assert np.mean(near["visible_fraction"] < 0.5) > np.mean(spread < 0.5) + 0.1
+    assert not near["border_cut"].any()  # the shapes stay inside the image
+    for i in range(20):
+        plain_colours_are_the_masks(*ShapesDataset(20, seed=5, overlap_prob=1.0, **base)[i])
+
+
+def test_repr_names_what_differs_from_gentle():
+    assert repr(ShapesDataset(3, seed=1)) == "ShapesDataset(num_images=3, seed=1, image_size=128)"
+    text = repr(ShapesDataset(3, seed=1, **ShapesDataset.hard_settings()))
+    assert "max_shapes=6" in text and "border_cut_prob=0.5" in text and "min_shapes" not in text
 
 
 def test_max_size_respected_and_reached():
