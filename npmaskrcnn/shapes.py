@@ -62,7 +62,7 @@ Naming:
 
 import numpy as np
 
-from .shapes_colors import COLOR_CANDIDATES, background_image, pick_color
+from .shapes_colors import COLOR_CANDIDATES, background_image, color_codes, pick_color
 from .shapes_colors import LOW_CONTRAST_SPAN  # noqa: F401  (named in the docstring above)
 
 CLASS_NAMES = ("square", "circle", "triangle")
@@ -166,6 +166,7 @@ def generate_shapes_image(rng, image_size=128, min_shapes=1, max_shapes=4, min_s
         arng = rng.spawn(1)[0]
     bg_image = background_image(arng, background, H, W, background_gradient,
                                  background_texture) if patterned else None
+    bg_codes = color_codes(bg_image) if patterned else None
     full_masks, full_areas, labels, colors, centres = [], [], [], [], []
     for k in range(num_shapes):
         label = int(rng.integers(1, len(CLASS_NAMES) + 1))
@@ -213,7 +214,7 @@ def generate_shapes_image(rng, image_size=128, min_shapes=1, max_shapes=4, min_s
         a0, a1, b0, b1 = max(r0, 0), min(r1, H), max(c0, 0), min(c1, W)
         if a0 < a1 and b0 < b1:
             full[a0:a1, b0:b1] = inside[a0 - r0:a1 - r0, b0 - c0:b1 - c0]
-        color = pick_color(candidates, arng, full, background, bg_image, colors, full_masks,
+        color = pick_color(candidates, arng, full, background, bg_codes, colors, full_masks,
                             floors, low_contrast_prob, strict_contrast)
         full_masks.append(full)
         full_areas.append(int(inside.sum()))

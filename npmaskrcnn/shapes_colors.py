@@ -16,6 +16,8 @@ Naming:
     reference  the colour a low-contrast candidate is aimed at (the background or a shape)
 """
 
+import math
+
 import numpy as np
 
 COLOR_CANDIDATES = 32  # colours drawn at once for the rejection sampling of the floors
@@ -82,27 +84,38 @@ def background_image(arng, base, H, W, gradient, texture):
     Returns:
     - background: (H, W, 3) uint8
     """
-    bg = np.empty((H, W, 3), dtype=np.float64)
-    bg[:] = base
-    x = (np.arange(W) + 0.5) / W - 0.5  # (W,) in (-1/2, 1/2)
-    y = (np.arange(H) + 0.5) / H - 0.5
+    planes = np.empty((3, H, W), dtype=np.float32)  # one plane per channel
+    planes[:] = base.astype(np.float32)[:, None, None]
     if gradient > 0:
-        g = arng.uniform(-gradient, gradient, size=3)
+        g = arng.uniform(-gradient, gradient, size=3).astype(np.float32)
         theta = arng.uniform(0.0, 2.0 * np.pi)
-        bg += (np.cos(theta) * x[None, :] + np.sin(theta) * y[:, None])[:, :, None] * g
+        x = (np.arange(W, dtype=np.float32) + 0.5) / W - 0.5  # (W,) in (-1/2, 1/2)
+        y = (np.arange(H, dtype=np.float32) + 0.5) / H - 0.5
+        ramp = np.float32(math.cos(theta)) * x[None, :] + np.float32(math.sin(theta)) * y[:, None]
+        planes += g[:, None, None] * ramp
     if texture > 0:
         cell = max(H, W) / 8.0
         amplitude = texture * arng.random()
         grid = arng.uniform(-amplitude, amplitude, size=(int(H // cell) + 2, int(W // cell) + 2, 3))
+        grid = grid.transpose(2, 0, 1).astype(np.float32)  # (3, grid rows, grid cols)
+        # bilinear: along x at every grid row first (small), then along y (elementwise, exact
+        # IEEE arithmetic, so the same on every machine)
         u, v = (np.arange(W) + 0.5) / cell, (np.arange(H) + 0.5) / cell
         j, i = u.astype(int), v.astype(int)
-        fu, fv = (u - j)[None, :, None], (v - i)[:, None, None]
-        rows = grid[:, j] * (1 - fu) + grid[:, j + 1] * fu  # (grid rows, W, 3): along x first
-        bg += rows[i] * (1 - fv) + rows[i + 1] * fv
-    return np.clip(np.rint(bg), 0, 255).astype(np.uint8)
+        fu = (u - j).astype(np.float32)
+        fv = (v - i).astype(np.float32)[:, None]
+        rows = grid[:, :, j] * (1 - fu) + grid[:, :, j + 1] * fu  # (3, grid rows, W)
+        planes += rows[:, i] * (1 - fv) + rows[:, i + 1] * fv
+    return np.ascontiguousarray(np.clip(np.rint(planes), 0, 255).astype(np.uint8).transpose(1, 2, 0))
 
 
-def pick_color(candidates, arng, full, background, bg_image, colors, full_masks, floors,
+def color_codes(image):
+    """(H, W) int32 24-bit codes r * 65536 + g * 256 + b of an (H, W, 3) uint8 image."""
+    rgb = image.astype(np.int32)
+    return (rgb[:, :, 0] << 16) | (rgb[:, :, 1] << 8) | rgb[:, :, 2]
+
+
+def pick_color(candidates, arng, full, background, bg_codes, colors, full_masks, floors,
                 low_contrast_prob, strict_contrast):
     """A shape colour that clears the contrast floors against the background under the shape and
     against the shapes drawn so far.
@@ -115,15 +128,15 @@ def pick_color(candidates, arng, full, background, bg_image, colors, full_masks,
     - candidates: (C, 3) float64 uniform colours (from the layout stream)
     - arng: the colour stream (None when no colour option is on)
     - full: (H, W) bool, the shape's pixels inside the image
-    - background: (3,) uint8; bg_image: (H, W, 3) uint8 or None (plain)
+    - background: (3,) uint8; bg_codes: `color_codes` of the background, or None (plain)
     - colors: list of (3,) uint8 of the earlier shapes; full_masks: their (H, W) masks
     - floors, low_contrast_prob, strict_contrast: as in `ShapesDataset`
     Returns:
     - color: (3,) uint8
     """
-    if bg_image is not None and full.any():
+    if bg_codes is not None and full.any():
         # the distinct colours under the shape (far fewer than its pixels), via 24-bit codes
-        codes = np.unique(bg_image[full].astype(np.int64) @ np.array([65536, 256, 1]))
+        codes = np.unique(bg_codes[full])
         under = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], axis=1).astype(np.float64)
     else:
         under = background[None].astype(np.float64)
