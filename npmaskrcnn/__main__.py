@@ -80,6 +80,8 @@ def add_train_args(p):
     p.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
                    help="write OUT/checkpoint.npz every N steps (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out folder that holds a run (its files are replaced)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes computing the gradient shards (config grad_shards) in parallel; "
                         "the result does not depend on it (default: one per core, at most "
@@ -112,7 +114,8 @@ def cmd_train(args):
     from .checkpoint import load_checkpoint
     from .files import write_text_atomic
     from .runtime import keep_freed_memory
-    from .train import TrainingDiverged, train
+    from .parallel import WorkerFailed
+    from .train import RunInProgress, TrainingDiverged, TrainingInterrupted, running_pid, train
 
     for name, least in (("steps", 1), ("batch_size", 1), ("workers", 1), ("eval_every", 0),
                         ("checkpoint_every", 0)):
@@ -121,6 +124,16 @@ def cmd_train(args):
     checks.only_with(args.val_images, "--val-images", "--val-data", args.val_data)
     base = None
     ckpt_path = os.path.join(args.out, "checkpoint.npz")
+    pid = running_pid(args.out) if os.path.isdir(args.out) else None
+    if pid is not None:
+        raise UsageError(f"--out: process {pid} is training into {args.out!r}; wait for it or "
+                         f"choose another folder")
+    held = [f for f in ("model.npz", "checkpoint.npz") if os.path.exists(os.path.join(args.out, f))]
+    if held and not (args.resume or args.overwrite):
+        raise UsageError(f"--out: {args.out!r} holds a run ({', '.join(held)}); continue it with "
+                         f"--resume, replace it with --overwrite, or choose another folder")
+    if args.resume and args.overwrite:
+        raise UsageError("--overwrite: not with --resume (one continues a run, the other replaces it)")
     if args.resume:
         checks.input_file(ckpt_path, "--resume (OUT/checkpoint.npz)")
         try:
@@ -150,6 +163,11 @@ def cmd_train(args):
         raise UsageError("--resume: the options change the checkpoint's config; resume with the "
                          "same config (drop --config / --set / --steps ..., or use a new --out)")
 
+    if cfg.warmup_steps >= cfg.train_steps and not args.resume:
+        short = cfg.train_steps // 5
+        print(f"note: warmup_steps {cfg.warmup_steps} >= train_steps {cfg.train_steps}: the run would "
+              f"never reach its learning rate; warmup shortened to {short} steps")
+        cfg = cfg.with_overrides([f"warmup_steps={short}"])
     out = checks.output_dir(args.out, "--out")
     write_text_atomic(cfg.to_json(), os.path.join(out, "config.json"))
     print(f"training {cfg.train_steps} steps of {cfg.batch_size} images "
@@ -164,9 +182,18 @@ def cmd_train(args):
     except TrainingDiverged as e:
         print(f"error: training diverged: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; the last checkpoint is {ckpt_path} (every "
-              f"{args.checkpoint_every} steps): continue with --resume", file=sys.stderr)
+    except RunInProgress as e:
+        raise UsageError(f"--out: {e}") from None
+    except WorkerFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as e:
+        print(f"\n{e}: continue with --resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:                                # a second Ctrl-C: stopped at once
+        last = (f"the last checkpoint is {ckpt_path} (step {int(load_checkpoint(ckpt_path)['extra']['step'])}): "
+                f"continue with --resume") if os.path.exists(ckpt_path) else "no checkpoint was written"
+        print(f"\nstopped at once; {last}", file=sys.stderr)
         return 130
     seconds = time.perf_counter() - t0
     print(f"wall time {seconds:.1f} s ({seconds / 60:.1f} min)")

@@ -38,12 +38,17 @@ import ctypes
 import multiprocessing as mp
 import signal
 import sys
+import time
 import traceback
 
 import numpy as np
 
 from .batches import shard_forward_backward
 from .runtime import keep_freed_memory, single_threaded_children
+
+class WorkerFailed(RuntimeError):
+    """A data-parallel worker process died, raised an error or stopped answering."""
+
 
 # ---- flat buffers -------------------------------------------------------------------------
 
@@ -166,9 +171,11 @@ class ShardedGradients:
     - dataset: training dataset (sent to the workers once; must be picklable when workers > 1)
     - val_dataset: evaluation dataset for `predict_dataset`, or None
     - workers: processes in all, the main one included; at most cfg.grad_shards are used
+    - hang_timeout: seconds without a reply after which a worker counts as hung (default: see
+      `_receive`)
     """
 
-    def __init__(self, model, cfg, dataset, val_dataset=None, workers=1):
+    def __init__(self, model, cfg, dataset, val_dataset=None, workers=1, hang_timeout=None):
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers: expected a positive integer, got {workers!r}")
         self.model, self.cfg, self.dataset, self.val_dataset = model, cfg, dataset, val_dataset
@@ -176,6 +183,7 @@ class ShardedGradients:
         if self.n_proc > 1 and any(p.dtype != np.float32 for _, p in model.named_params()):
             raise ValueError("model: data-parallel workers need float32 parameters")
         self.conns, self.procs, self.shared = [], [], None
+        self.hang_timeout, self._slowest = hang_timeout, None
         _, total = layout(model)
         S = cfg.grad_shards
         if self.n_proc == 1:
@@ -204,12 +212,31 @@ class ShardedGradients:
             raise
 
     def _receive(self, conn):
+        """The next reply of a worker; WorkerFailed when it dies, fails or hangs.
+
+        A worker is hung when it has not answered within `hang_timeout` seconds: 600 for the
+        first request (numba may compile its kernels), then 10 x the slowest reply so far, at
+        least 60. Its process is checked every second, so a killed worker is noticed at once.
+        """
+        proc = self.procs[self.conns.index(conn)]
+        limit = self.hang_timeout if self.hang_timeout is not None else (
+            600.0 if self._slowest is None else max(60.0, 10 * self._slowest))
+        start = time.monotonic()
+        while not conn.poll(1.0):
+            waited = time.monotonic() - start
+            if not proc.is_alive():
+                raise WorkerFailed(f"a data-parallel worker process (pid {proc.pid}) died "
+                                   f"(exit code {proc.exitcode})")
+            if waited > limit:
+                raise WorkerFailed(f"a data-parallel worker process (pid {proc.pid}) did not "
+                                   f"answer for {waited:.0f} s (hung)")
         try:
             status, payload = conn.recv()
-        except EOFError:
-            raise RuntimeError("a data-parallel worker process died (see its output above)") from None
+        except (EOFError, OSError):
+            raise WorkerFailed(f"a data-parallel worker process (pid {proc.pid}) died") from None
+        self._slowest = max(self._slowest or 0.0, time.monotonic() - start)
         if status == "error":
-            raise RuntimeError(f"a data-parallel worker process failed:\n{payload}")
+            raise WorkerFailed(f"a data-parallel worker process failed:\n{payload}")
         return payload
 
     def forward_backward(self, step):
@@ -265,6 +292,9 @@ class ShardedGradients:
             p.join(timeout=10)
             if p.is_alive():
                 p.terminate()
+                p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
         for conn in self.conns:
             conn.close()
         self.conns, self.procs = [], []

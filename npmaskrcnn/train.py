@@ -21,6 +21,11 @@ A run folder holds:
     log.csv          one row per step: step, lr, losses, gradient norm, seconds
     loss_curve.png   the losses against the step
     eval.jsonl       periodic COCO metrics on the validation images (if requested)
+    train.lock       the pid of the process training into the folder, while it runs
+
+Ctrl-C or SIGTERM stops the loop after the step under way, writes a checkpoint of it and raises
+TrainingInterrupted; `resume=True` then continues bit for bit. A worker that dies or hangs
+raises WorkerFailed after the same checkpoint.
 
 Naming:
     step        0-based optimizer step; B images per step
@@ -32,6 +37,8 @@ import csv
 import json
 import math
 import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -41,13 +48,70 @@ from .beyond_paper import build_model, for_inference
 from .checkpoint import load_checkpoint, save_model
 from .files import atomic_write
 from .optim import SGD, AdamW, clip_grad_norm, lr_at
-from .parallel import ShardedGradients
+from .parallel import ShardedGradients, WorkerFailed
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped training after a whole step; a checkpoint of it was written."""
+
+    def __init__(self, step, checkpoint):
+        super().__init__(f"interrupted after step {step}; checkpoint of step {step} written to "
+                         f"{checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class RunInProgress(RuntimeError):
+    """Another process is training into the same folder."""
+
+
+LOCK_NAME = "train.lock"
+
+
+def running_pid(out_dir):
+    """The pid of a live process training into out_dir (its lock file), or None."""
+    try:
+        with open(os.path.join(out_dir, LOCK_NAME)) as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+class _StopRequests:
+    """While active (main thread only), SIGINT and SIGTERM ask the loop to stop after the step
+    under way instead of killing it mid-update; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.signum, self._saved = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._saved.items():
+            signal.signal(sig, old)
 
 
 def make_optimizer(model, cfg):
@@ -134,7 +198,8 @@ def read_log(path):
 
 
 def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_every=0,
-          checkpoint_every=500, resume=False, stop_at=None, progress=True, log=None, workers=1):
+          checkpoint_every=500, resume=False, stop_at=None, progress=True, log=None, workers=1,
+          hang_timeout=None):
     """Train a model from scratch (or resume) and return (model, rows of the log).
 
     Inputs:
@@ -147,11 +212,27 @@ def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_e
     - log: callable for progress messages (the CLI passes print); None = silent
     - workers: processes computing the cfg.grad_shards gradient shards (see parallel.py); the
       result does not depend on it
+    - hang_timeout: seconds after which a silent worker counts as hung (parallel.ShardedGradients)
     Returns: the trained model, ready for inference (beyond_paper.for_inference), and the log
     """
     os.makedirs(out_dir, exist_ok=True)
     if not os.access(out_dir, os.W_OK):
         raise PermissionError(f"out_dir: {out_dir!r} is not writable")
+    pid = running_pid(out_dir)
+    if pid is not None:
+        raise RunInProgress(f"out_dir: process {pid} is training into {out_dir!r}")
+    lock = os.path.join(out_dir, LOCK_NAME)
+    with open(lock, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        return _train(cfg, out_dir, dataset, val_dataset, class_names, eval_every, checkpoint_every,
+                      resume, stop_at, progress, log, workers, hang_timeout)
+    finally:
+        os.remove(lock)
+
+
+def _train(cfg, out_dir, dataset, val_dataset, class_names, eval_every, checkpoint_every, resume,
+           stop_at, progress, log, workers, hang_timeout):
     say = log or (lambda *a: None)
     dataset = dataset if dataset is not None else default_dataset(cfg)
     model = build_model(cfg, class_names or getattr(dataset, "class_names", None))
@@ -181,10 +262,11 @@ def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_e
     model.train()
     logf = open(log_path, "a", newline="")
     writer = csv.DictWriter(logf, fieldnames=fields)
-    engine = None
+    engine, done, stop = None, start, _StopRequests()
     try:
+        stop.__enter__()
         engine = ShardedGradients(model, cfg, dataset, val_dataset if eval_every else None,
-                                  workers=workers if start < end else 1)
+                                  workers=workers if start < end else 1, hang_timeout=hang_timeout)
         for step in range(start, end):
             t0 = time.perf_counter()
             losses = engine.forward_backward(step)     # 1) the step's batch: forward, backward
@@ -204,12 +286,25 @@ def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_e
             if eval_every and val_dataset is not None and done % eval_every == 0:
                 evaluate_during_training(engine, val_dataset, rows, done, out_dir, say)
                 model.train()
+            if stop.signum is not None and done < end:
+                break
+    except WorkerFailed as e:                          # the weights of step `done` are intact
+        logf.flush()
+        save_training_checkpoint(model, opt, done, ckpt_path)
+        raise WorkerFailed(f"{e}; training stopped after step {done}, whose checkpoint is "
+                           f"{ckpt_path}: continue with --resume") from None
     finally:
+        stop.__exit__()
         if engine is not None:
             engine.close()
         logf.close()
         if bar is not None:
             bar.close()
+    if stop.signum is not None and done < end:
+        save_training_checkpoint(model, opt, done, ckpt_path)
+        if rows:
+            plot_loss_curve(rows, os.path.join(out_dir, "loss_curve.png"))
+        raise TrainingInterrupted(done, ckpt_path)
     save_training_checkpoint(model, opt, end, ckpt_path)
     if end == cfg.train_steps:
         save_model(model, os.path.join(out_dir, "model.npz"))

@@ -259,3 +259,23 @@ def test_bad_paths_exit_2_naming_the_argument(capsys, tmp_path, trained, png, ar
     assert code == 2
     assert err.startswith(f"error: {arg}"), err
     assert "Traceback" not in err
+
+
+def test_train_into_a_finished_run_refuses_and_leaves_it_byte_identical(capsys, trained, tiny_json):
+    before = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()}
+    code, _, err = cli(capsys, "train", "--config", tiny_json, "--steps", 3, "--out", trained,
+                       "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--resume" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before
+
+
+def test_train_overwrite_replaces_a_run_and_a_too_long_warmup_is_shortened(capsys, tmp_path, tiny_json):
+    out = tmp_path / "run"
+    argv = ["train", "--config", tiny_json, "--steps", 2, "--batch-size", 2, "--out", out,
+            "--no-progress", "--set", "warmup_steps=200"]
+    code, stdout, _ = cli(capsys, *argv)
+    assert code == 0 and "warmup shortened to 0 steps" in stdout
+    assert json.loads((out / "config.json").read_text())["warmup_steps"] == 0
+    code, _, _ = cli(capsys, *argv, "--overwrite")
+    assert code == 0

@@ -182,3 +182,29 @@ def test_keep_freed_memory_sets_the_malloc_thresholds():
 
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is expected
+
+
+@pytest.mark.parametrize("how", ["die", "hang"])
+def test_a_failed_worker_ends_training_with_a_checkpoint_and_how_to_resume(tmp_path, how):
+    """A worker killed (or hung) in step 2 stops training within seconds with one message that
+    names what happened; the checkpoint of step 2 (the last whole step) is there to resume."""
+    import os
+    import time
+
+    from faulty_data import FailInWorker
+
+    from npmaskrcnn.batches import batch_indices
+    from npmaskrcnn.checkpoint import load_checkpoint
+    from npmaskrcnn.parallel import WorkerFailed
+    from npmaskrcnn.train import train
+
+    cfg = Config.tiny(train_steps=5, batch_size=4, grad_shards=2, warmup_steps=1)
+    item = batch_indices(2, 4, 16, cfg.seed)[3]                   # shard 1 of step 2: the worker's
+    data = FailInWorker(item, os.getpid(), how)
+    start = time.monotonic()
+    with pytest.raises(WorkerFailed, match="died" if how == "die" else "hung") as info:
+        train(cfg, str(tmp_path / "run"), dataset=data, progress=False, workers=2,
+              checkpoint_every=0, **({} if how == "die" else {"hang_timeout": 20}))
+    assert time.monotonic() - start < 120
+    assert "after step 2" in str(info.value) and "--resume" in str(info.value)
+    assert int(load_checkpoint(tmp_path / "run" / "checkpoint.npz")["extra"]["step"]) == 2

@@ -144,3 +144,58 @@ def test_huge_learning_rate_diverges_with_a_clear_message(tmp_path):
     step = int(load_checkpoint(tmp_path / "run" / "checkpoint.npz")["extra"]["step"])
     assert 1 <= step < 10
     load_model(tmp_path / "run" / "checkpoint.npz")            # the last good checkpoint loads
+
+
+class SignalAt:
+    """tiny_data whose item `at` sends this process a signal while the loop reads the batch:
+    as if the user pressed Ctrl-C (SIGINT) or a scheduler sent SIGTERM in the middle of a step."""
+
+    def __init__(self, at, signum):
+        self.data, self.at, self.signum, self.sent = tiny_data(), at, signum, False
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        if i == self.at and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+        return self.data[i]
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_mid_step_checkpoints_that_step_and_resume_is_exact(tmp_path, reference, signame):
+    """Interrupted during step 2 (not a checkpoint step: checkpoint_every=4): the step finishes,
+    its checkpoint is written, and resuming gives the uninterrupted run bit for bit."""
+    import signal
+
+    from npmaskrcnn.batches import batch_indices
+    from npmaskrcnn.train import TrainingInterrupted
+
+    _, p, rows = reference
+    cfg = tiny_cfg()
+    item = batch_indices(2, cfg.batch_size, 12, cfg.seed)[0]          # read during step 2
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="after step 3") as info:
+        train(cfg, str(out), dataset=SignalAt(item, getattr(signal, signame)), progress=False,
+              checkpoint_every=4)
+    assert info.value.step == 3 and int(load_checkpoint(out / "checkpoint.npz")["extra"]["step"]) == 3
+    assert not (out / "model.npz").exists() and not (out / "train.lock").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # handlers restored
+    model, rows2 = train(cfg, str(out), dataset=tiny_data(), progress=False, checkpoint_every=4,
+                         resume=True)
+    assert losses(rows2) == losses(rows)
+    assert_same_params(params(model), p)
+
+
+def test_a_live_run_in_the_folder_is_refused(tmp_path):
+    from npmaskrcnn.train import RunInProgress
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train.lock").write_text(str(os.getppid()))               # a live process: our parent
+    with pytest.raises(RunInProgress, match=str(os.getppid())):
+        run(tmp_path, "run")
+    (out / "train.lock").write_text("999999999")                      # no such process: stale
+    run(tmp_path, "run")
+    assert not (out / "train.lock").exists()

@@ -17,16 +17,9 @@
 # %%
 import json
 import os
-import sys
 import tempfile
 
 import numpy as np
-
-try:
-    import npmaskrcnn  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`: use the repo this file lives in
-    _here = os.path.abspath(globals().get("__file__", os.path.join(os.getcwd(), "_")))
-    sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
 
 from npmaskrcnn import viz
 from npmaskrcnn.coco import load_coco, save_coco
@@ -34,7 +27,7 @@ from npmaskrcnn.shapes import CLASS_NAMES, ShapesDataset
 from npmaskrcnn.shapes_stats import instance_statistics, summarize_statistics
 from npmaskrcnn.viz import log, save_figure
 
-import matplotlib.pyplot as plt  # noqa: E402  (viz has selected the Agg backend)
+import matplotlib.pyplot as plt  # noqa: E402  (viz chooses the backend first)
 
 args = viz.parse_walkthrough_args()
 print("figures go to", args.out, "(fast mode)" if args.fast else "")
