@@ -29,8 +29,7 @@ from npmaskrcnn import checks  # noqa: E402
 from npmaskrcnn.checks import UsageError  # noqa: E402
 from npmaskrcnn.config import ADDITION_INFERENCE_FIELDS, PAPER_INFERENCE_FIELDS, VAL_SEED  # noqa: E402
 
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_MODEL = os.path.join(PACKAGE_ROOT, "data", "shapes_maskrcnn.npz")
+DEFAULT_MODEL = checks.shipped_model_path()
 VAL_IMAGES_DURING_TRAINING = 50
 CLIError = UsageError                                      # the name earlier versions used
 
@@ -316,8 +315,8 @@ def add_demo_args(p):
     add_model_args(p)
     p.add_argument("--num-images", type=int, default=6, help="shapes images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=VAL_SEED, help="seed of the images (default: %(default)s)")
-    p.add_argument("--out", default=os.path.join("walkthroughs", "out", "demo.png"),
-                   help="the figure (default: %(default)s)")
+    p.add_argument("--out", default=os.path.join("runs", "demo.png"),
+                   help="the figure (default: %(default)s, under the current folder)")
     p.add_argument("--score-thresh", type=float, default=0.5,
                    help="keep detections scoring at least this (default: %(default)s)")
 
@@ -385,8 +384,9 @@ def add_ablate_args(p):
     p.add_argument("--eval-images", type=int, default=200, help="held-out shapes images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="training seed, the same for every variant")
     p.add_argument("--out", default=os.path.join("runs", "ablation"), help="run folder (default: %(default)s)")
-    p.add_argument("--save-dir", default=os.path.join("data", "ablation"),
-                   help="where the RoIAlign / RoIPool models and the table go (default: %(default)s)")
+    p.add_argument("--save-dir", default=None,
+                   help="also write the table and the RoIAlign / RoIPool models here (the committed "
+                        "data/ablation/ is made with --save-dir data/ablation; default: only --out)")
 
 
 def cmd_ablate(args):
@@ -414,7 +414,9 @@ def build_parser():
     """Returns: the argparse parser with one subparser per command."""
     parser = argparse.ArgumentParser(
         prog="python -m npmaskrcnn",
-        description="Mask R-CNN from scratch in NumPy: " + ", ".join(c[0] for c in COMMANDS) + ".")
+        description="Mask R-CNN from scratch in NumPy: " + ", ".join(c[0] for c in COMMANDS) + ".",
+        epilog="Outputs go under runs/ of the current folder unless --out says otherwise; the "
+               "shipped model is found wherever the command runs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text, add_args, run in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)

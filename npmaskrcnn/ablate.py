@@ -10,7 +10,8 @@ trains from the same seed for the same number of steps; held-out images give box
     python -m npmaskrcnn ablate --steps 600 --stride 16
 
 Writes `OUT/results.json`, `OUT/results.md` (the table, beside the paper's numbers) and, for
-walkthrough 05, the RoIAlign and RoIPool models to `SAVE_DIR/roi_align.npz` / `roi_pool.npz`.
+walkthrough 05, the RoIAlign and RoIPool models to `OUT/roi_align.npz` / `roi_pool.npz` (and all
+of it to `--save-dir` if given: the committed `data/ablation/` is made with `--save-dir data/ablation`).
 """
 
 import dataclasses
@@ -74,7 +75,8 @@ def run(args, log):
     if args.steps < 1:
         raise ValueError(f"--steps: expected a positive number, got {args.steps}")
     os.makedirs(args.out, exist_ok=True)
-    os.makedirs(args.save_dir, exist_ok=True)
+    save_dir = args.save_dir or args.out
+    os.makedirs(save_dir, exist_ok=True)
     base = base_config(args.steps, args.stride, args.seed)
     val = ShapesDataset(args.eval_images, seed=VAL_SEED, image_size=base.image_size)
     results = {}
@@ -90,12 +92,12 @@ def run(args, log):
               f"/ {100 * metrics['segm']['AP50']:.1f} / {100 * metrics['segm']['AP75']:.1f} "
               f"({seconds:.0f} s)")
         if name in ("roi_align", "roi_pool"):
-            save_model(model, os.path.join(args.save_dir, f"{name}.npz"))
+            save_model(model, os.path.join(save_dir, f"{name}.npz"))
     table = results_table(results, args.stride)
     header = (f"Ablation on shapes: {args.steps} steps per variant, seed {args.seed}, RoI features at "
               f"stride {args.stride}, {args.eval_images} held-out images (seed {VAL_SEED}).\n"
               f"Command: python -m npmaskrcnn ablate --steps {args.steps} --stride {args.stride}\n\n")
-    for folder in {args.out, args.save_dir}:
+    for folder in {args.out, save_dir}:
         with open(os.path.join(folder, "results.json"), "w") as f:
             json.dump({"steps": args.steps, "stride": args.stride, "seed": args.seed,
                        "eval_images": args.eval_images, "results": results}, f, indent=1)

@@ -10,6 +10,17 @@ import os
 import zipfile
 
 
+def shipped_model_path():
+    """Where the shipped model is: data/ beside the package (a checkout, an editable install),
+    else <prefix>/share/npmaskrcnn/ (pip install .). The first candidate when neither exists."""
+    import sys
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    candidates = [os.path.join(here, "data", "shapes_maskrcnn.npz"),
+                  os.path.join(sys.prefix, "share", "npmaskrcnn", "shapes_maskrcnn.npz")]
+    return next((c for c in candidates if os.path.isfile(c)), candidates[0])
+
+
 class UsageError(ValueError):
     """A user error: a missing file, an unreadable checkpoint, an invalid value."""
 

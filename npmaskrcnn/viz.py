@@ -345,7 +345,9 @@ def load_shipped_model():
     from .checkpoint import load_model
     from .config import Config
 
-    path = os.environ.get("NPMASKRCNN_MODEL") or os.path.join(REPO_ROOT, "data", "shapes_maskrcnn.npz")
+    from .checks import shipped_model_path
+
+    path = os.environ.get("NPMASKRCNN_MODEL") or shipped_model_path()
     if os.path.exists(path):
         model, trained = load_model(path), "trained"
     else:
