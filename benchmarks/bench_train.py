@@ -14,7 +14,19 @@ in a fresh subprocess: `import npmaskrcnn.train`, building the model, the first 
 (warm numba cache; `--cold` also measures it with NUMBA_CACHE_DIR pointing at an empty directory,
 i.e. every kernel compiled from scratch).
 
+As the CLI trains (`python -m npmaskrcnn train`: the batch in `grad_shards` shards, one spawned
+worker, one BLAS and one numba thread per process): the step time of `train(..., workers=2)` in a
+fresh subprocess, the model FLOPs of one such step (the multiply-adds of every convolution,
+transposed convolution and linear layer, forward and backward, counted as im2col's three GEMMs
+would do them, x2; Winograd's saving shows as speed, not as fewer FLOPs), and the ratio of the
+step's FLOP rate to the machine's peak: a square 1024 float32 np.matmul measured in the same run,
+both ways of using the cores (one single-threaded process per core at once, summed; one process
+with the default threads), the better of the two taken as the peak. Peak and step alternate
+`--rounds` times; `--baseline DIR` times another checkout of the package (e.g. `git worktree add
+/tmp/base <commit>`) in the same rounds, for before/after ratios measured side by side.
+
 Run: nice -n 19 python benchmarks/bench_train.py [--iters 10] [--warmup 2] [--cold] [--no-startup]
+     python benchmarks/bench_train.py --cli-only [--rounds 3] [--cli-steps 40] [--baseline DIR]
 """
 
 import argparse
@@ -214,6 +226,162 @@ def bench_startup(cold):
     return res
 
 
+# ---- as the CLI trains: model FLOPs, step time, and the matmul peak of the same run --------------
+
+def count_step_flops(cfg, steps=(0, 1, 2)):
+    """Model FLOPs of one training step as `train` computes it (every shard), averaged over `steps`:
+    2 x the multiply-adds of conv2d, conv_transpose2d and linear, forward and backward."""
+    from npmaskrcnn import layers, parallel
+    ds = ShapesDataset(len(steps) * cfg.batch_size + 100, seed=0)
+    model = MaskRCNN(cfg, ds.class_names)
+    model.train()
+    total = [0.0]
+    fwd_flops = {}
+    originals = {name: getattr(layers, name) for name in (
+        "conv2d_forward", "conv2d_backward", "conv_transpose2d_forward", "conv_transpose2d_backward",
+        "linear_forward", "linear_backward")}
+
+    def conv_fwd(x, w, b=None, stride=1, pad=0):
+        out, cache = originals["conv2d_forward"](x, w, b, stride=stride, pad=pad)
+        fwd_flops[id(cache)] = 2.0 * out.size * w[0].size
+        total[0] += fwd_flops[id(cache)]
+        return out, cache
+
+    def conv_bwd(dout, cache, need_dx=True):
+        total[0] += fwd_flops.pop(id(cache)) * (2 if need_dx else 1)  # dW, and dx unless skipped
+        return originals["conv2d_backward"](dout, cache, need_dx=need_dx)
+
+    def convt_fwd(x, w, b=None, stride=2, pad=0):
+        out, cache = originals["conv_transpose2d_forward"](x, w, b, stride=stride, pad=pad)
+        fwd_flops[id(cache)] = 2.0 * x.size * w[0].size
+        total[0] += fwd_flops[id(cache)]
+        return out, cache
+
+    def convt_bwd(dout, cache):
+        total[0] += 2 * fwd_flops.pop(id(cache))
+        return originals["conv_transpose2d_backward"](dout, cache)
+
+    def lin_fwd(x, w, b):
+        out, cache = originals["linear_forward"](x, w, b)
+        fwd_flops[id(cache)] = 2.0 * out.size * w.shape[1]
+        total[0] += fwd_flops[id(cache)]
+        return out, cache
+
+    def lin_bwd(dout, cache):
+        total[0] += 2 * fwd_flops.pop(id(cache))
+        return originals["linear_backward"](dout, cache)
+
+    wrappers = {"conv2d_forward": conv_fwd, "conv2d_backward": conv_bwd, "conv_transpose2d_forward": convt_fwd,
+                "conv_transpose2d_backward": convt_bwd, "linear_forward": lin_fwd, "linear_backward": lin_bwd}
+    try:
+        for name, fn in wrappers.items():
+            setattr(layers, name, fn)
+        for step in steps:
+            for shard in range(cfg.grad_shards):
+                parallel.shard_forward_backward(model, ds, step, shard, cfg)
+    finally:
+        for name, fn in originals.items():
+            setattr(layers, name, fn)
+    return total[0] / len(steps)
+
+
+PEAK_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+a = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)
+b = np.random.default_rng(1).standard_normal((1024, 1024), dtype=np.float32)
+out = np.empty_like(a)
+np.matmul(a, b, out=out)
+best, t_end = float("inf"), time.perf_counter() + {seconds}
+while time.perf_counter() < t_end:
+    t0 = time.perf_counter()
+    np.matmul(a, b, out=out)
+    best = min(best, time.perf_counter() - t0)
+print(json.dumps(2.0 * 1024 ** 3 / best / 1e9))
+"""
+
+CLI_SCRIPT = r"""
+import json, sys, tempfile
+sys.path.insert(0, {root!r})
+import numpy as np
+from npmaskrcnn.config import Config
+from npmaskrcnn.shapes import ShapesDataset
+from npmaskrcnn.train import train
+cfg = Config(train_steps={steps})
+with tempfile.TemporaryDirectory() as out:
+    model, rows = train(cfg, out, dataset=ShapesDataset({steps} * cfg.batch_size, seed=0), progress=False,
+                        workers={workers}, checkpoint_every=0)
+sec = [r["seconds"] for r in rows[10:]]
+print(json.dumps(dict(median=float(np.median(sec)), best=float(min(sec)))))
+"""
+
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def _env(threads):
+    """os.environ with the thread counts set to `threads` (None: the libraries' defaults)."""
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    if threads is not None:
+        env.update({k: str(threads) for k in THREAD_VARS})
+    return env
+
+
+def matmul_peak(n_proc, threads, seconds=1.5):
+    """GFLOP/s of a square 1024 float32 np.matmul (best call), n_proc processes at once, summed."""
+    procs = [subprocess.Popen([sys.executable, "-c", PEAK_SCRIPT.format(seconds=seconds)], env=_env(threads),
+                              stdout=subprocess.PIPE, text=True) for _ in range(n_proc)]
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError("a matmul peak subprocess failed")
+    return sum(json.loads(o) for o in outs)
+
+
+def cli_step(root, steps, workers):
+    """(median, best) seconds per step of train(Config(), workers=workers) run from the package in
+    `root`, as the CLI runs it: one BLAS and one numba thread per process."""
+    out = subprocess.run([sys.executable, "-c", CLI_SCRIPT.format(root=os.path.abspath(root), steps=steps,
+                                                                   workers=workers)],
+                         env=_env(1), capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    return res["median"], res["best"]
+
+
+def bench_cli(cfg, rounds, steps, baseline):
+    """Print the model FLOPs of a step, the CLI step time and its ratio to the matmul peak."""
+    cores = os.cpu_count() or 1
+    flops = count_step_flops(cfg)
+    print(f"\nas the CLI trains: Config(), batch {cfg.batch_size} in {cfg.grad_shards} shards, "
+          f"{min(cores, cfg.grad_shards)} processes x 1 thread, {steps} steps (median after 10)")
+    print(f"model FLOPs of one training step: {flops / 1e9:.2f} GFLOP")
+    trees = [("this tree", ROOT)] + ([("baseline", baseline)] if baseline else [])
+    results = {name: [] for name, _ in trees}
+    peaks = []
+    for r in range(rounds):
+        p_proc = matmul_peak(cores, 1)
+        p_one = matmul_peak(1, None)
+        peak = max(p_proc, p_one)
+        peaks.append(peak)
+        line = (f"round {r + 1}: matmul 1024 peak {p_proc:.1f} GFLOP/s ({cores} x 1 thread, summed), "
+                f"{p_one:.1f} (1 process, default threads)")
+        for name, root in trees:
+            med, best = cli_step(root, steps, min(cores, cfg.grad_shards))
+            results[name].append(med)
+            line += (f"; {name}: step {1e3 * med:.1f} ms = {flops / med / 1e9:.1f} GFLOP/s = "
+                     f"{flops / med / 1e9 / peak:.1%} of peak")
+        print(line + f" (load avg {os.getloadavg()[0]:.2f})")
+    peak = max(peaks)
+    out = {"flops": flops, "peak_gflops": peak}
+    for name, _ in trees:
+        step = min(results[name])
+        out[name] = step
+        print(f"{name}: best median step {1e3 * step:.1f} ms -> {flops / step / 1e9:.1f} GFLOP/s, "
+              f"{flops / step / 1e9 / peak:.1%} of the best peak {peak:.1f} GFLOP/s")
+    if baseline:
+        ratios = [b / t for t, b in zip(results["this tree"], results["baseline"])]
+        print("baseline step / this tree's step, per round: " + ", ".join(f"{x:.2f}" for x in ratios))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=10, help="timed iterations (median reported)")
@@ -221,7 +389,15 @@ def main():
     ap.add_argument("--cold", action="store_true", help="also measure startup with an empty numba cache")
     ap.add_argument("--no-startup", action="store_true", help="skip the subprocess startup measurement")
     ap.add_argument("--json", help="write the results to this JSON file")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of matmul peak + CLI step")
+    ap.add_argument("--cli-steps", type=int, default=40, help="training steps per CLI-step measurement")
+    ap.add_argument("--cli-only", action="store_true", help="only the as-the-CLI-trains measurement")
+    ap.add_argument("--no-cli", action="store_true", help="skip the as-the-CLI-trains measurement")
+    ap.add_argument("--baseline", help="another checkout of the repository to time in the same rounds")
     args = ap.parse_args()
+    if args.cli_only:
+        bench_cli(Config(), args.rounds, args.cli_steps, args.baseline)
+        return
 
     import numba
     cfg = Config.shipped()
@@ -267,6 +443,8 @@ def main():
             results["startup_cold" if cold else "startup_warm"] = r
             print(f"{name:<30}{r['import_s']:8.2f}{r['build_s']:8.2f}{r['first_step_s']:8.2f}"
                   f"{r['second_step_s']:8.2f}{r['first_predict_s']:8.2f}{r['process_wall_s']:9.2f}")
+    if not args.no_cli:
+        results["cli"] = bench_cli(cfg, args.rounds, args.cli_steps, args.baseline)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -32,6 +32,8 @@ Naming:
 import numpy as np
 from numba import njit, prange
 
+from . import conv_fast
+
 
 def _conv_out_size(size, kernel, stride, pad):
     """Output length of a sliding window (floor), as PyTorch computes it."""
@@ -72,11 +74,15 @@ def conv2d_forward(x, w, b=None, stride=1, pad=0):
     - out: (N, F, OH, OW), OH = (H + 2*pad - KH) // stride + 1
     - cache: for conv2d_backward
     """
+    if conv_fast.winograd_pays(x.shape, w.shape, stride, pad):
+        # optimisation: the same convolution in 2.25x fewer multiplications (conv_fast.py)
+        return conv_fast.winograd_conv2d_forward(x, w, b, pad)
     n_img, c_in, h, wd = x.shape
     n_filt, _, kh, kw = w.shape
     oh, ow = _conv_out_size(h, kh, stride, pad), _conv_out_size(wd, kw, stride, pad)
-    if kh == 1 and kw == 1 and stride == 1 and pad == 0:
-        cols = _nchw_to_cl(x)  # a 1x1 conv needs no im2col, only the images moved inside
+    if kh == 1 and kw == 1 and pad == 0:
+        # a 1x1 conv needs no im2col, only the images moved inside (every stride-th pixel)
+        cols = _nchw_to_cl(x[:, :, ::stride, ::stride])
     else:
         cols = _im2col_kernel(np.ascontiguousarray(x), kh, kw, stride, pad, oh, ow, 0.0)
         cols = cols.reshape(c_in * kh * kw, n_img * oh * ow)
@@ -126,6 +132,8 @@ def conv2d_backward(dout, cache, need_dx=True):
     - dw: (F, C, KH, KW)
     - db: (F,), or None if forward had no bias
     """
+    if isinstance(cache, conv_fast.WinogradCache):
+        return conv_fast.winograd_conv2d_backward(dout, cache, need_dx)
     x_shape, w, has_bias, stride, pad, cols = cache
     n_img, c_in, h, wd = x_shape
     n_filt, _, kh, kw = w.shape
@@ -138,8 +146,13 @@ def conv2d_backward(dout, cache, need_dx=True):
         return None, dw, db
     # dcols = W^T dout; each entry of cols was copied from one pixel of x, so col2im adds it back
     dcols = w.reshape(n_filt, -1).T @ dout_fl  # (C*KH*KW, N*L)
-    if kh == 1 and kw == 1 and stride == 1 and pad == 0:
-        return np.ascontiguousarray(dcols.reshape(c_in, n_img, h, wd).transpose(1, 0, 2, 3)), dw, db
+    if kh == 1 and kw == 1 and pad == 0:
+        dx_sub = dcols.reshape(c_in, n_img, oh, ow).transpose(1, 0, 2, 3)
+        if stride == 1:
+            return np.ascontiguousarray(dx_sub), dw, db
+        dx = np.zeros(x_shape, dtype=dcols.dtype)  # pixels no window reads get no gradient
+        dx[:, :, : oh * stride : stride, : ow * stride : stride] = dx_sub
+        return dx, dw, db
     dcols = dcols.reshape(c_in * kh * kw, n_img, oh * ow)
     dx = _col2im_kernel(dcols, c_in, h, wd, kh, kw, stride, pad, oh, ow)
     return dx, dw, db
@@ -333,40 +346,47 @@ def group_norm_forward(x, gamma, beta, num_groups, eps=1e-5):
     return out, cache
 
 
-@njit(cache=True)
+# fastmath "reassoc" (with "nsz") lets the compiler reorder the float64 sums of the
+# GroupNorm kernels into vector lanes; nothing assumes finite values, so NaN and inf still
+# propagate. An optimisation: 4-8x faster than the strictly sequential sums, measured at
+# (2, 64, 32, 32) and (16, 64, 14, 14), with the same results up to float32 rounding.
+_SUMS = {"reassoc", "nsz"}
+
+
+@njit(cache=True, fastmath=_SUMS)
 def _group_norm_forward_kernel(x, gamma, beta, num_groups, eps):
     """Per (image, group): mean, then variance about it (two passes: no cancellation in float32,
     sums in float64), then xhat and out in one sweep. Measured 2-3x faster than the vectorised
     numpy version at (4, 64, 32, 32), which makes six passes over memory."""
     n_img, c_in, h, wd = x.shape
     per_group = c_in // num_groups
-    count = per_group * h * wd
+    hw = h * wd
+    count = per_group * hw
     out = np.empty_like(x)
     xhat = np.empty_like(x)
+    x3, out3, xhat3 = x.reshape(n_img, c_in, hw), out.reshape(n_img, c_in, hw), xhat.reshape(n_img, c_in, hw)
     inv_std = np.empty((n_img, num_groups), dtype=x.dtype)
     for n in range(n_img):
         for g in range(num_groups):
             c0, c1 = g * per_group, (g + 1) * per_group
             total = 0.0
             for c in range(c0, c1):
-                for i in range(h):
-                    for j in range(wd):
-                        total += x[n, c, i, j]
+                for k in range(hw):
+                    total += x3[n, c, k]
             mean = total / count
             sq = 0.0
             for c in range(c0, c1):
-                for i in range(h):
-                    for j in range(wd):
-                        d = x[n, c, i, j] - mean
-                        sq += d * d
+                for k in range(hw):
+                    d = x3[n, c, k] - mean
+                    sq += d * d
             r = 1.0 / np.sqrt(sq / count + eps)
             inv_std[n, g] = r
             for c in range(c0, c1):
-                for i in range(h):
-                    for j in range(wd):
-                        v = (x[n, c, i, j] - mean) * r
-                        xhat[n, c, i, j] = v
-                        out[n, c, i, j] = v * gamma[c] + beta[c]
+                gc, bc = gamma[c], beta[c]
+                for k in range(hw):
+                    v = (x3[n, c, k] - mean) * r
+                    xhat3[n, c, k] = v
+                    out3[n, c, k] = v * gc + bc
     return out, xhat, inv_std
 
 
@@ -388,7 +408,7 @@ def group_norm_backward(dout, cache):
     return dx, dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=_SUMS)
 def _group_norm_backward_kernel(dout, xhat, inv_std, gamma, num_groups):
     """dx, dgamma, dbeta of GroupNorm, one (image, group) at a time (sums in float64).
 
@@ -396,11 +416,14 @@ def _group_norm_backward_kernel(dout, xhat, inv_std, gamma, num_groups):
     Within a group of M values, xhat = (x - mean) * inv_std. Differentiating through mean and
     var (d mean/dx = 1/M, d var/dx = 2(x - mean)/M) gives the BatchNorm formula per group:
         dx = inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),  dxhat = dout * gamma
+    The sums over a group are taken channel by channel (gamma is constant within a channel).
     """
     n_img, c_in, h, wd = dout.shape
     per_group = c_in // num_groups
-    count = per_group * h * wd
+    hw = h * wd
+    count = per_group * hw
     dx = np.empty_like(dout)
+    dout3, xhat3, dx3 = dout.reshape(n_img, c_in, hw), xhat.reshape(n_img, c_in, hw), dx.reshape(n_img, c_in, hw)
     dgamma = np.zeros(c_in)
     dbeta = np.zeros(c_in)
     for n in range(n_img):
@@ -409,21 +432,23 @@ def _group_norm_backward_kernel(dout, xhat, inv_std, gamma, num_groups):
             sum_dxhat = 0.0
             sum_dxhat_xhat = 0.0
             for c in range(c0, c1):
-                for i in range(h):
-                    for j in range(wd):
-                        d = dout[n, c, i, j]
-                        dgamma[c] += d * xhat[n, c, i, j]
-                        dbeta[c] += d
-                        sum_dxhat += d * gamma[c]
-                        sum_dxhat_xhat += d * gamma[c] * xhat[n, c, i, j]
+                sum_d = 0.0
+                sum_d_xhat = 0.0
+                for k in range(hw):
+                    d = dout3[n, c, k]
+                    sum_d += d
+                    sum_d_xhat += d * xhat3[n, c, k]
+                dgamma[c] += sum_d_xhat
+                dbeta[c] += sum_d
+                sum_dxhat += sum_d * gamma[c]
+                sum_dxhat_xhat += sum_d_xhat * gamma[c]
             mean_dxhat = sum_dxhat / count
             mean_dxhat_xhat = sum_dxhat_xhat / count
             r = inv_std[n, g]
             for c in range(c0, c1):
-                for i in range(h):
-                    for j in range(wd):
-                        v = dout[n, c, i, j] * gamma[c] - mean_dxhat - xhat[n, c, i, j] * mean_dxhat_xhat
-                        dx[n, c, i, j] = r * v
+                gc = gamma[c]
+                for k in range(hw):
+                    dx3[n, c, k] = r * (dout3[n, c, k] * gc - mean_dxhat - xhat3[n, c, k] * mean_dxhat_xhat)
     return dx, dgamma, dbeta
 
 

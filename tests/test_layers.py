@@ -27,7 +27,8 @@ CONV_CASES = [
     (2, 3, 5, 5, 4, 3, 3, 1, 1, True, 0),
     (1, 2, 6, 5, 3, 2, 3, 2, 0, True, 1),  # non-square map and kernel
     (2, 3, 4, 4, 3, 1, 1, 1, 0, False, 2),  # 1x1 fast path, no bias
-    (1, 2, 5, 5, 2, 1, 1, 2, 0, True, 3),  # 1x1 with stride: im2col path
+    (1, 2, 5, 5, 2, 1, 1, 2, 0, True, 3),  # 1x1 with stride: a strided slice, then the product
+    (1, 2, 6, 6, 3, 1, 1, 2, 0, True, 9),  # ... where the last row and column are never read
     (1, 1, 3, 3, 2, 3, 3, 1, 4, True, 4),  # padding larger than the kernel
     (1, 2, 3, 4, 2, 3, 4, 1, 0, True, 5),  # kernel equal to the input: 1x1 output
     (1, 2, 1, 1, 3, 1, 1, 1, 0, True, 6),  # 1x1 input
