@@ -307,7 +307,7 @@ import numpy as np
 from npmaskrcnn.config import Config
 from npmaskrcnn.shapes import ShapesDataset
 from npmaskrcnn.train import train
-cfg = Config(train_steps={steps})
+cfg = getattr(Config, 'shipped', Config)(train_steps={steps})   # the CLI's default recipe in either tree
 with tempfile.TemporaryDirectory() as out:
     model, rows = train(cfg, out, dataset=ShapesDataset({steps} * cfg.batch_size, seed=0), progress=False,
                         workers={workers}, checkpoint_every=0)
@@ -350,7 +350,7 @@ def bench_cli(cfg, rounds, steps, baseline):
     """Print the model FLOPs of a step, the CLI step time and its ratio to the matmul peak."""
     cores = os.cpu_count() or 1
     flops = count_step_flops(cfg)
-    print(f"\nas the CLI trains: Config(), batch {cfg.batch_size} in {cfg.grad_shards} shards, "
+    print(f"\nas the CLI trains: the shipped recipe, batch {cfg.batch_size} in {cfg.grad_shards} shards, "
           f"{min(cores, cfg.grad_shards)} processes x 1 thread, {steps} steps (median after 10)")
     print(f"model FLOPs of one training step: {flops / 1e9:.2f} GFLOP")
     trees = [("this tree", ROOT)] + ([("baseline", baseline)] if baseline else [])
@@ -396,7 +396,7 @@ def main():
     ap.add_argument("--baseline", help="another checkout of the repository to time in the same rounds")
     args = ap.parse_args()
     if args.cli_only:
-        bench_cli(Config(), args.rounds, args.cli_steps, args.baseline)
+        bench_cli(Config.shipped(), args.rounds, args.cli_steps, args.baseline)
         return
 
     import numba

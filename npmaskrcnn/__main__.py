@@ -186,6 +186,9 @@ def cmd_train(args):
     except WorkerFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:                                     # a full disk, a folder made read-only
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except TrainingInterrupted as e:
         print(f"\n{e}: continue with --resume", file=sys.stderr)
         return 130

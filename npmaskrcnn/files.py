@@ -37,9 +37,12 @@ def atomic_write(path, write, mode="wb"):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())                   # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and not str(e).startswith("cannot write"):
+            raise OSError(e.errno, f"cannot write {path!r} (the previous file, if any, is "
+                                   f"unchanged): {e.strerror or e}") from e
         raise
     return path
 

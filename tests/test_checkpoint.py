@@ -135,3 +135,27 @@ def test_interrupted_save_keeps_previous_checkpoint(saved, tmp_path, monkeypatch
     loaded = load_model(path)
     for (k, v1), (_, v2) in zip(old_model.named_params(), loaded.named_params()):
         assert np.array_equal(v1, v2), k
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    """A full disk mid-write (np.savez raising ENOSPC after writing part of the file): the old
+    checkpoint is byte-identical, no temporary file is left, the error names the path."""
+    import errno
+
+    path = tmp_path / "checkpoint.npz"
+    model = MaskRCNN(Config.tiny())
+    save_model(model, path)
+    before = path.read_bytes()
+    real_savez = np.savez
+
+    def full_disk(f, **arrays):
+        real_savez(f, **dict(list(arrays.items())[:3]))          # part of the archive, then
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    for p in model.named_params():
+        p[1][...] += 1.0
+    with pytest.raises(OSError, match="cannot write .*checkpoint.npz.*No space left"):
+        save_model(model, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]
