@@ -133,6 +133,11 @@ def color(i):
     return PALETTE[i % len(PALETTE)]
 
 
+def class_color(label):
+    """The colour of class `label` (1..K) in every figure: PALETTE[label - 1]."""
+    return color(int(label) - 1)
+
+
 def draw_boxes(ax, boxes, color="red", linestyle="-", linewidth=2.0, label=None, captions=None,
                fontsize=8):
     """Outline boxes on an axis in pixel coordinates.
@@ -151,19 +156,40 @@ def draw_boxes(ax, boxes, color="red", linestyle="-", linewidth=2.0, label=None,
     colors = color if isinstance(color, (list, tuple)) and len(boxes) and len(color) == len(boxes) \
         and not isinstance(color[0], (int, float)) else [color] * len(boxes)
     height = abs(np.diff(ax.get_ylim())[0])
+    texts = []
     for k, (x1, y1, x2, y2) in enumerate(boxes):
         ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False,
                                edgecolor=colors[k], linestyle=linestyle, linewidth=linewidth,
                                label=label if k == 0 else None))
         if captions is not None:
             inside = y1 < 0.08 * height          # no room above the box: write inside it
-            ax.text(x1 - 0.5, y1 + 0.5 if inside else y1 - 1.5, captions[k], color="white",
-                    fontsize=fontsize, va="top" if inside else "bottom", ha="left", clip_on=True,
-                    bbox=dict(facecolor=colors[k], edgecolor="none", alpha=0.8, pad=1.0))
+            texts.append(ax.text(x1 - 0.5, y1 + 0.5 if inside else y1 - 1.5, captions[k],
+                                 color="white", fontsize=fontsize, va="top" if inside else "bottom",
+                                 ha="left", clip_on=True,
+                                 bbox=dict(facecolor=colors[k], edgecolor="none", alpha=0.8, pad=1.0)))
+    separate_labels(ax, texts)
+
+
+def separate_labels(ax, texts, rounds=20):
+    """Move text labels down (in steps of their own height) until no two overlap on screen."""
+    if len(texts) < 2:
+        return
+    renderer = ax.figure.canvas.get_renderer()
+    placed = []
+    for t in sorted(texts, key=lambda t: t.get_position()[1]):
+        for _ in range(rounds):
+            box = t.get_window_extent(renderer).expanded(1.05, 1.1)
+            hit = next((b for b in placed if box.overlaps(b)), None)
+            if hit is None:
+                break
+            x, y = t.get_position()                      # data coordinates; y grows downwards
+            (_, y0), (_, y1) = ax.transData.inverted().transform([(0, box.y0), (0, box.y1)])
+            t.set_position((x, y + abs(y1 - y0)))
+        placed.append(t.get_window_extent(renderer))
 
 
 def draw_instances(ax, image, boxes, labels, masks=None, scores=None, class_names=CLASS_NAMES,
-                   title=None, alpha=0.45):
+                   title=None, alpha=0.45, legend=True):
     """Draw an image with its instances: translucent coloured masks, box outlines, captions.
 
     Inputs:
@@ -176,12 +202,13 @@ def draw_instances(ax, image, boxes, labels, masks=None, scores=None, class_name
     - class_names: names of labels 1..K
     - title: optional axis title
     - alpha: opacity of the mask colours
+    - legend: a legend of the class colours (one colour per class, the same in every figure)
     Returns: nothing
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     labels = np.asarray(labels).reshape(-1)
     canvas = np.asarray(image, dtype=np.float64) / 255.0
-    colors = [color(k) for k in range(len(boxes))]
+    colors = [class_color(lab) for lab in labels]
     if masks is not None:
         for k, mask in enumerate(np.asarray(masks)):
             m = mask >= 0.5 if mask.dtype != bool else mask
@@ -197,6 +224,13 @@ def draw_instances(ax, image, boxes, labels, masks=None, scores=None, class_name
         name = class_names[lab - 1] if 1 <= lab <= len(class_names) else str(lab)
         captions.append(name if scores is None else f"{name} {float(scores[k]):.2f}")
     draw_boxes(ax, boxes, colors, captions=captions)
+    if legend and len(labels):
+        from matplotlib.patches import Patch
+
+        present = sorted(set(int(v) for v in labels))
+        ax.legend(handles=[Patch(color=class_color(v), label=class_names[v - 1] if 1 <= v <= len(class_names)
+                                 else str(v)) for v in present],
+                  fontsize=6, loc="lower right", framealpha=0.7, handlelength=1.0)
     ax.set_xticks([])
     ax.set_yticks([])
     if title is not None:
@@ -294,8 +328,8 @@ def draw_loss_curves(rows, title="training losses", window=None):
             ax.plot(steps[window - 1:], avg, color="tab:blue", lw=2, label=f"mean of {window}")
             ax.legend(fontsize=7)
         finite = v[np.isfinite(v)]
-        if key != "lr" and finite.size and finite.min() > 0 and finite.max() > 10 * finite.min():
-            ax.set_yscale("log")                           # losses spanning a decade or more
+        if key != "lr" and finite.size and finite.min() > 0:
+            ax.set_yscale("log")                           # every loss (and the norm) on a log axis
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel(name if key in ("lr", "grad_norm") else "loss")
