@@ -214,3 +214,17 @@ def test_iou_balanced_negatives_hand_case():
     hard = [BalancedPositiveNegativeSampler(4, 0.25)([labels], np.random.default_rng(s), [ious])[1][0][10:].sum()
             for s in range(20)]
     assert min(hard) < 2
+
+
+@pytest.mark.parametrize("fn", ["nms", "batched_nms"])
+def test_nms_refuses_nan_scores_by_name(fn):
+    """A NaN score has no place in the order: refused, naming the argument (a diverged network
+    is reported by the training loop, not hidden by NMS). +-inf scores are ordered."""
+    b = np.array([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [20.0, 20.0, 30.0, 30.0]])
+    labels = np.zeros(3, np.int64)
+    run = (lambda s: nms(b, s, 0.5)) if fn == "nms" else (lambda s: batched_nms(b, s, labels, 0.5))
+    with pytest.raises(ValueError, match=r"scores must not hold NaN.*1 NaN of 3"):
+        run(np.array([0.9, np.nan, 0.1]))
+    with pytest.raises(ValueError, match=r"scores must not hold NaN"):
+        run(np.array([0.9, 0.5, np.nan], np.float32))
+    np.testing.assert_array_equal(run(np.array([-np.inf, np.inf, 0.0])), [1, 2])

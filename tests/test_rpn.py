@@ -277,3 +277,13 @@ def test_forward_flattens_levels_in_anchor_order():
     expected = clip_boxes(rpn.anchors(shapes)[0][-4:][::-1], (32, 32))
     for p in proposals:
         np.testing.assert_allclose(p, expected, atol=1e-5)
+
+
+def test_nan_objectness_is_dropped_like_a_nan_box():
+    """A diverged head's NaN logit (or NaN box) never reaches NMS (which refuses NaN scores):
+    the proposal is dropped, the training loop then reports the non-finite loss."""
+    rpn = make_rpn()
+    rpn.eval()
+    deltas = np.array([[0.0, 0, 0, 0], [0, 0, 0, 0], [np.nan, 0, 0, 0]])
+    out = propose(rpn, [strips((0, 10), (20, 30), (40, 50))], [[1.0, np.nan, 2.0]], deltas=deltas)
+    np.testing.assert_array_equal(out, strips((0, 10)))
