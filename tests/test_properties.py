@@ -5,6 +5,10 @@ documented shape and dtype or raise a ValueError naming the argument; they never
 process (the numba kernels do no bounds checks), hang, or return NaN from finite inputs.
 """
 
+import glob
+import importlib
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -213,3 +217,22 @@ def test_roi_align_is_finite_shaped_and_adjoint(problem, sampling_ratio, aligned
 @given(roi_problem())
 def test_roi_pool_is_finite_shaped_and_adjoint(problem):
     check_roi_op(roi_pool_forward, roi_pool_backward, *problem)
+
+
+# ---- repeatability ------------------------------------------------------------------------
+
+def test_every_hypothesis_test_is_derandomised():
+    """CI must be repeatable: every @given test in tests/ runs derandomised (the conftest
+    profile, which a test's own @settings inherits unless it sets derandomize=False)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = []
+    for path in sorted(glob.glob(os.path.join(here, "test_*.py"))):
+        with open(path) as f:
+            if "hypothesis" not in f.read():
+                continue
+        module = importlib.import_module(os.path.basename(path)[:-3])
+        for name, obj in vars(module).items():
+            if getattr(obj, "is_hypothesis_test", False):
+                found.append(name)
+                assert obj._hypothesis_internal_use_settings.derandomize, f"{path}::{name}"
+    assert len(found) >= 15, found                        # the scan does find them
