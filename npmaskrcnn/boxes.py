@@ -222,7 +222,8 @@ def nms(boxes, scores, iou_threshold):
 
     Visit boxes by decreasing score (ties: lower index first); keep a box unless a kept box
     overlaps it with IoU > iou_threshold. Inverted boxes (x2 < x1) are accepted and overlap
-    nothing; NaN or inf coordinates raise ValueError; a NaN score sorts last.
+    nothing; NaN or inf coordinates and NaN scores raise ValueError (a NaN score has no place
+    in the order); +-inf scores sort first / last.
 
     Inputs:
     - boxes: (N, 4); scores: (N,); iou_threshold: float
@@ -240,7 +241,8 @@ def batched_nms(boxes, scores, labels, iou_threshold):
     agree; this is exactly NMS run per label and merged by score (torchvision `batched_nms`).
 
     Inputs:
-    - boxes: (N, 4); scores: (N,); labels: (N,) ints (class or FPN level); iou_threshold: float
+    - boxes: (N, 4); scores: (N,) real, no NaN; labels: (N,) ints (class or FPN level);
+      iou_threshold: float
     Returns:
     - keep: (K,) int64 indices, by decreasing score (ties: lower index first)
     """
@@ -251,6 +253,9 @@ def batched_nms(boxes, scores, labels, iou_threshold):
                          f"{scores.shape} and {labels.shape}")
     if scores.size and not _is_real_dtype(scores.dtype):
         raise TypeError(f"scores must hold real numbers, got dtype {scores.dtype}")
+    if np.issubdtype(scores.dtype, np.floating) and np.isnan(scores).any():
+        raise ValueError(f"scores must not hold NaN, got {int(np.isnan(scores).sum())} NaN of "
+                         f"{scores.size} (a diverged network?)")
     if labels.size and not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
         raise TypeError(f"labels must hold integers, got dtype {labels.dtype}")
     iou_threshold = _check_real(iou_threshold, "iou_threshold")

@@ -190,8 +190,11 @@ class RPN(Module):
         boxes = self.box_coder.decode(rpn_deltas[idx], anchors[idx])
         boxes = clip_boxes(boxes, image_size)
         scores = objectness[idx]
-        # 3) drop tiny boxes, 4) NMS within each level, 5) keep the best post_n
+        # 3) drop tiny boxes (and NaN ones: a diverged network; NaN scores too, which NMS
+        # refuses, so the training loop reports the non-finite loss), 4) NMS within each
+        # level, 5) keep the best post_n
         keep = remove_small_boxes(boxes, cfg.rpn_min_size)
+        keep = keep[~np.isnan(scores[keep])]
         boxes, scores, level = boxes[keep], scores[keep], level[keep]
         keep = batched_nms(boxes, scores, level, cfg.rpn_nms_thresh)[:post_n]
         return boxes[keep]

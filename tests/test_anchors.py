@@ -17,7 +17,7 @@ def test_cell_anchors_hand_computed():
     np.testing.assert_allclose(a[2], [-8.0 / r, -8.0 * r, 8.0 / r, 8.0 * r])
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(st.lists(st.floats(2.0, 300.0), min_size=1, max_size=4),
        st.lists(st.floats(0.2, 5.0), min_size=1, max_size=4),
        st.integers(1, 5), st.integers(1, 6))
@@ -59,3 +59,21 @@ def test_anchor_generator_validates():
         AnchorGenerator((16, 32), (1.0,), (4,))
     with pytest.raises(ValueError, match="feature_shapes"):
         AnchorGenerator((16, 32), (1.0,), (4, 8)).grid_anchors([(2, 2)])
+
+
+def test_grid_anchor_hand_case_and_rpn_level_order():
+    """Stride 8, size 16, ratio 1: cell (y=1, x=2) is centred at (20, 12), so [12, 4, 28, 20].
+    The RPN concatenates the levels P2..P6 in order, each (y, x, a)."""
+    gen = AnchorGenerator((16, 32), (1.0,), (8, 16))
+    level0, level1 = gen.grid_anchors([(3, 4), (2, 2)])
+    np.testing.assert_array_equal(level0[1 * 4 + 2], [12, 4, 28, 20])
+    np.testing.assert_array_equal(level1[3], [8, 8, 40, 40])     # (y=1, x=1) centred at (24, 24)
+    from npmaskrcnn.config import Config
+    from npmaskrcnn.rpn import RPN
+    rpn = RPN(Config.tiny(), np.random.default_rng(0))
+    shapes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
+    per_level = rpn.anchors(shapes)
+    assert [len(a) for a in per_level] == [h * w * 3 for h, w in shapes]
+    for a, size, s in zip(per_level, Config.tiny().anchor_sizes, (4, 8, 16, 32, 64)):
+        np.testing.assert_allclose(a[1] - a[1][[0, 1, 0, 1]], [0, 0, size, size], rtol=1e-6)
+        np.testing.assert_allclose((a[1, :2] + a[1, 2:]) / 2, [s / 2, s / 2])

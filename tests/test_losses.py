@@ -128,3 +128,21 @@ def test_smooth_l1_zero_normalizer_empty_and_float32():
     assert loss == 0.0 and dpred.shape == (0, 4)
     loss, dpred = smooth_l1(np.array([1000.0, -1000.0], dtype=np.float32), np.zeros(2))
     assert abs(loss - 999.5) < 1e-3 and dpred.dtype == np.float32
+
+
+def test_softmax_cross_entropy_is_the_mean_over_counted_rows_hand_case():
+    """Rows: log 2 (two equal logits), log 4 (logits (log 3, 0), label 1), ignored: the mean of
+    the two counted rows, 1.5 log 2 (not their sum, not over all three rows)."""
+    logits = np.array([[0.0, 0.0], [np.log(3.0), 0.0], [5.0, -5.0]])
+    loss, dlogits = softmax_cross_entropy(logits, np.array([0, 1, -1]))
+    assert abs(loss - 1.5 * np.log(2)) < 1e-15
+    np.testing.assert_allclose(dlogits, [[-0.25, 0.25], [0.375, -0.375], [0.0, 0.0]], atol=1e-15)
+
+
+def test_smooth_l1_beta_one_ninth_hand_case():
+    """The RPN's beta = 1/9, divided by a normalizer of 4 (the sampled anchors): |d| = 0.1 is
+    quadratic (0.5 * 0.01 * 9 = 0.045), |d| = 0.2 and 1 linear (|d| - 1/18)."""
+    pred = np.array([0.1, -0.1, 0.2, 1.0])
+    loss, dpred = smooth_l1(pred, np.zeros(4), beta=1 / 9, normalizer=4)
+    assert abs(loss - (0.045 + 0.045 + 0.2 - 1 / 18 + 1 - 1 / 18) / 4) < 1e-15
+    np.testing.assert_allclose(dpred, [0.9 / 4, -0.9 / 4, 0.25, 0.25], atol=1e-15)

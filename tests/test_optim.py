@@ -5,7 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from npmaskrcnn.nn import Module
+from npmaskrcnn.backbone import Backbone
+from npmaskrcnn.config import Config
+from npmaskrcnn.nn import Conv2d, ConvTranspose2d, GroupNorm, Linear, Module, Sequential, conv_gn_relu
 from npmaskrcnn.optim import SGD, AdamW, clip_grad_norm, lr_at
 
 
@@ -46,7 +48,7 @@ def test_converges_to_minimum_without_decay(opt_cls, kw):
     assert np.allclose(m.params["weight"], 3, atol=1e-3) and np.allclose(m.params["bias"], -1, atol=1e-3)
 
 
-def test_weight_decay_skips_biases_and_norms():
+def test_weight_decay_skips_biases_of_the_quadratic():
     m = Quadratic().astype(np.float64)
     opt = AdamW(m, lr=0.05, weight_decay=0.5)
     for _ in range(2000):
@@ -55,6 +57,63 @@ def test_weight_decay_skips_biases_and_norms():
     # decayed weight settles below 3 (AdamW fixed point: g/sqrt(v) = -wd*w), bias exactly at -1
     assert np.all(m.params["weight"] < 2.9)
     assert np.allclose(m.params["bias"], -1, atol=1e-3)
+
+
+class RealNet(Module):
+    """A small real network: the tiny Backbone (convs without bias, GroupNorms, FPN convs with
+    bias) plus a conv_gn_relu unit, a transposed conv and a Linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        rng = np.random.default_rng(0)
+        self.add("backbone", Backbone(Config.tiny(), rng))
+        self.add("unit", conv_gn_relu(8, 8, 3, 1, 2, rng))
+        self.add("head", Sequential(ConvTranspose2d(8, 4, rng=rng), Linear(16, 3, rng=rng)))
+
+
+def decay_roles(module):
+    """(dotted name -> 'decay' | 'norm' | 'bias') from the module types, not from the names."""
+    roles = {}
+
+    def walk(m, prefix):
+        for k in m.params:
+            if isinstance(m, GroupNorm):
+                roles[prefix + k] = "norm"              # gamma ('weight') and beta ('bias')
+            elif k == "bias":
+                roles[prefix + k] = "bias"
+            else:
+                assert isinstance(m, (Conv2d, ConvTranspose2d, Linear)), prefix + k
+                roles[prefix + k] = "decay"
+        for name, child in m.children.items():
+            walk(child, prefix + name + ".")
+    walk(module, "")
+    return roles
+
+
+@pytest.mark.parametrize("opt_cls,kw", [(SGD, dict(momentum=0.9)), (SGD, dict(momentum=0.0)),
+                                        (AdamW, dict())])
+def test_weight_decay_on_a_real_module_skips_groupnorm_and_biases(opt_cls, kw):
+    """With zero gradients one step is pure weight decay: conv, transposed-conv and linear
+    weights shrink by lr * wd (SGD: p - lr * wd * p; AdamW: p * (1 - lr * wd)); every GroupNorm
+    gamma and beta and every bias stays exactly as it was."""
+    m = RealNet()
+    m.astype(np.float64)
+    rng = np.random.default_rng(1)
+    for _, p in m.named_params():                        # non-trivial values everywhere
+        p[...] = rng.uniform(0.5, 1.5, p.shape)
+    roles = decay_roles(m)
+    assert set(roles.values()) == {"decay", "norm", "bias"}
+    assert sum(r == "norm" for r in roles.values()) >= 10
+    before = {k: v.copy() for k, v in m.named_params()}
+    lr, wd = 0.1, 0.5
+    opt = opt_cls(m, lr=lr, weight_decay=wd, **kw)
+    m.zero_grad()
+    opt.step()
+    for name, p in m.named_params():
+        if roles[name] == "decay":
+            np.testing.assert_allclose(p, before[name] * (1 - lr * wd), rtol=1e-12, err_msg=name)
+        else:
+            np.testing.assert_array_equal(p, before[name], err_msg=f"{name} ({roles[name]}) decayed")
 
 
 def test_adamw_first_step_is_lr_times_sign():

@@ -3,7 +3,6 @@ options of harder data (contrast, border cuts, visibility, overlap, axis-aligned
 noise)."""
 
 import hashlib
-import time
 
 import numpy as np
 import pytest
@@ -155,14 +154,6 @@ def test_shape_of_each_class():
             assert 0.5 - 0.05 < fill <= 1.0  # a rotated square fills between half and all its box
         if label == 3:
             assert 0.4 < fill < 0.55  # an equilateral triangle fills about half its box
-
-
-def test_generation_is_fast():
-    ds = ShapesDataset(1000, seed=0)
-    start = time.perf_counter()
-    for i in range(len(ds)):
-        ds[i]
-    assert time.perf_counter() - start < 3.0
 
 
 def test_extreme_parameters():
@@ -489,11 +480,3 @@ def test_statistics_by_hand():
 def test_options_refuse_bad_values_by_name(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ShapesDataset(2, seed=0, **kwargs)
-
-
-def test_hard_generation_is_fast_enough_for_training_on_the_fly():
-    ds = ShapesDataset(300, seed=0, **ShapesDataset.hard_settings())
-    start = time.perf_counter()
-    for i in range(len(ds)):
-        ds[i]
-    assert time.perf_counter() - start < 10.0
