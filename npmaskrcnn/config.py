@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 LEVEL_NAMES = {2: "p2", 3: "p3", 4: "p4", 5: "p5", 6: "p6"}
-POOLERS = ("roi_align", "roi_align_unaligned", "roi_align_max", "roi_pool")
+POOLERS = ("roi_align", "roi_align_unaligned", "roi_align_max", "roi_pool", "roi_warp", "roi_warp_max")
 
 
 @dataclass
