@@ -1,9 +1,10 @@
 """RoIAlign, separable: an optimisation of the readable kernels in roi_align.py, tested equal to them.
 
 What it computes is RoIAlign (Mask R-CNN §3), exactly as `roi_align.py` defines it; only the
-order of the arithmetic differs. It is the default (`impl="separable"`) because it is faster
-(docs/performance, `python benchmarks/bench_ops.py` prints both side by side), and the shipped
-model was trained with it, so its float32 bits are the model's.
+order of the arithmetic differs (so float32 results differ from the readable kernels' in the
+last bits). It is the default (`impl="separable"`) because it is faster
+(`python benchmarks/bench_ops.py` times both side by side) and because the shipped model was
+trained with it: its float32 bits are the model's.
 
 The optimisation: a sample's bilinear weight is a y-weight times an x-weight, and the sample
 grid is the outer product of G rows and G columns. So the sample positions and their two taps

@@ -242,6 +242,19 @@ def test_parallel_kernels_match_one_thread():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_roi_warp_moves_in_whole_cells_as_the_box_slides():
+    """RoIWarp keeps RoIPool's first rounding: on the ramp f(y, x) = x its mean output moves only
+    when a rounded corner flips, by whole cells, while RoIAlign's follows the box exactly."""
+    ramp = np.broadcast_to(np.arange(16.0), (1, 1, 16, 16)).copy()
+    shifts = np.arange(0, 2.01, 1 / 8)
+    rois = np.array([[0, 2.2 + s, 2.4, 8.2 + s, 8.4] for s in shifts])
+    warp = roi_warp_forward(ramp, rois, 3, 1.0, 2, aligned=True)[0].mean(axis=(1, 2, 3))
+    align = roi_align_forward(ramp, rois, 3, 1.0, 2, aligned=True)[0].mean(axis=(1, 2, 3))
+    # the corners 2.2 + s and 8.2 + s round up one cell more at s = 0.3 and s = 1.3
+    np.testing.assert_allclose(warp - warp[0], np.floor(shifts + 0.7), atol=1e-12)
+    np.testing.assert_allclose(align - align[0], shifts, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------
 # hand-computed cases
 
@@ -495,9 +508,11 @@ def test_matches_torchvision_if_installed():
                                           tvops.roi_pool(tx, tr, output_size, scale).numpy())
             for aligned in (False, True):
                 for sampling_ratio in (-1, 2):
-                    ours = roi_align_forward(x, rois, output_size, scale, sampling_ratio, aligned)[0]
                     theirs = tvops.roi_align(tx, tr, output_size, scale, sampling_ratio, aligned)
-                    np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-10, atol=1e-12)
+                    for impl in IMPLS:
+                        ours = roi_align_forward(x, rois, output_size, scale, sampling_ratio,
+                                                 aligned, impl=impl)[0]
+                        np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-10, atol=1e-12)
     boxes = rng.uniform(0, 20, (200, 2))
     boxes = np.concatenate([boxes, boxes + rng.uniform(1, 10, (200, 2))], axis=1)
     scores = rng.integers(0, 20, 200) / 20.0                         # many ties
