@@ -27,8 +27,8 @@ Naming:
     spatial_scale   feature-map cells per image pixel (1/stride)
     aligned     shift the box by -0.5 cell so sample points sit on pixel centres (detectron2's
                 half-pixel fix); aligned=False is the original, with RoIs clamped to >= 1 cell
-    y_start, bin_h, grid_h  (R,) the box's first row (in cells), its bin height and G along y;
-                likewise x_start, bin_w, grid_w along x
+    ys, grid_h  (R, OH, G) row coordinate (in cells) of sample iy of bin row ph, and (R,) the
+                number of samples per bin along y of each RoI; likewise xs, grid_w along x
     argmax      (R, C, OH, OW) int32 (mode="max"): the winning sample iy * grid_w + ix, -1 for a
                 bin without samples
 """
@@ -94,51 +94,59 @@ def roi_align_forward(features, rois, output_size, spatial_scale=1.0, sampling_r
             out, cache = separable_forward(features, rois, batch, (oh, ow), spatial_scale,
                                            sampling_ratio, aligned, mode)
         return out, ("separable", cache)
-    # 1) the bins of every box, in feature cells; 2) the samples, one at a time, in the kernel
+    # 1) where the samples are along each axis (the grid is regular: G rows x G columns per bin)
     scale = features.dtype.type(spatial_scale)
-    y_grid = _bin_grid(rois[:, 2] * scale, rois[:, 4] * scale, oh, sampling_ratio, aligned)
-    x_grid = _bin_grid(rois[:, 1] * scale, rois[:, 3] * scale, ow, sampling_ratio, aligned)
+    ys, grid_h = _sample_coordinates(rois[:, 2] * scale, rois[:, 4] * scale, oh, sampling_ratio,
+                                     aligned)
+    xs, grid_w = _sample_coordinates(rois[:, 1] * scale, rois[:, 3] * scale, ow, sampling_ratio,
+                                     aligned)
+    # 2) every RoI, channel, bin and sample point, one at a time
     with _threads_for(work):
-        out, argmax = _roi_align_forward_kernel(features, batch, *y_grid, *x_grid, oh, ow,
+        out, argmax = _roi_align_forward_kernel(features, batch, ys, grid_h, xs, grid_w,
                                                 mode == "max")
-    return out, ("readable", mode, features.shape, features.dtype, batch, y_grid + x_grid, argmax,
-                 out.shape)
+    return out, ("readable", mode, features.shape, features.dtype, batch,
+                 (ys, grid_h, xs, grid_w), argmax, out.shape)
 
 
-def _bin_grid(start, end, out_len, sampling_ratio, aligned):
-    """Where the bins of every box start along one axis, how long they are, how many samples.
+def _sample_coordinates(start, end, out_len, sampling_ratio, aligned):
+    """Coordinates of RoIAlign's sample points along one axis, in feature cells.
+
+    Bin p of a box of length h (cells) starts at start + p * h / out_len; its G samples sit at
+    the centres of G equal steps: start + p * h/out_len + (i + 1/2) * h/(out_len * G). The
+    arithmetic is in the features' dtype and in torchvision's order, so that a float32 sample
+    lands on the same point as in torchvision (a point exactly on the map's far edge still reads
+    the edge cell; one rounding up would read 0).
 
     Inputs:
     - start, end: (R,) scaled box edges (cells); out_len: bins on this axis
     - sampling_ratio, aligned: as in roi_align_forward
     Returns:
-    - start: (R,) float64 first edge of the box, minus 0.5 when aligned
-    - bin_size: (R,) float64 length of a bin (negative for an inverted box with aligned=True)
+    - coords: (R, out_len, G) sample coordinates, G the largest grid of any RoI (padding beyond
+      grid[r] is never read)
     - grid: (R,) int64 samples per bin along this axis (<= 0: none, the bin reads 0)
     """
     dtype = start.dtype
     offset = dtype.type(0.5 if aligned else 0.0)
-    start, end = start - offset, end - offset
+    start, end = start - offset, end - offset                 # the half-pixel shift
     length = end - start
     if not aligned:
         length = np.maximum(length, dtype.type(1))            # malformed boxes become 1 cell
+    bin_size = (length / dtype.type(out_len))[:, None, None]
     if sampling_ratio > 0:
         grid = np.full(start.shape, sampling_ratio, np.int64)
     else:
         grid = np.ceil(length / dtype.type(out_len)).astype(np.int64)
-    return (start.astype(np.float64), (length / dtype.type(out_len)).astype(np.float64), grid)
-
-
-@njit(cache=True)
-def _sample_point(start, bin_size, grid, p, i):
-    """Coordinate of sample i of bin p: the bin's start plus (i + 1/2) of its 1/grid steps."""
-    return start + p * bin_size + (i + 0.5) * bin_size / grid
+    p = np.arange(out_len, dtype=dtype)[None, :, None]
+    i = np.arange(max(int(grid.max(initial=1)), 1), dtype=dtype)[None, None, :]
+    steps = np.maximum(grid, 1).astype(dtype)[:, None, None]
+    coords = (start[:, None, None] + p * bin_size) + (i + dtype.type(0.5)) * bin_size / steps
+    return coords, grid
 
 
 @njit(cache=True)
 def _off_map(height, width, y, x):
     """A sample this far outside the map reads 0 (it still counts in the average)."""
-    return y < -1.0 or y > height or x < -1.0 or x > width
+    return y < -1 or y > height or x < -1 or x > width
 
 
 @njit(cache=True)
@@ -167,10 +175,9 @@ def _bilinear_taps(height, width, y, x):
 
 
 @njit(cache=True, parallel=True)
-def _roi_align_forward_kernel(features, batch, y_start, bin_h, grid_h, x_start, bin_w, grid_w,
-                              oh, ow, use_max):
+def _roi_align_forward_kernel(features, batch, ys, grid_h, xs, grid_w, use_max):
     """out[r, c, ph, pw] = average (or max) of the bin's bilinear samples; parallel over RoIs."""
-    n_rois = batch.shape[0]
+    n_rois, oh, ow = batch.shape[0], ys.shape[1], xs.shape[1]
     _, n_ch, height, width = features.shape
     out = np.zeros((n_rois, n_ch, oh, ow), features.dtype)
     argmax = np.full((n_rois, n_ch, oh, ow) if use_max else (0, 0, 0, 0), -1, np.int32)
@@ -182,9 +189,9 @@ def _roi_align_forward_kernel(features, batch, y_start, bin_h, grid_h, x_start, 
                 for pw in range(ow):
                     total, best = 0.0, -np.inf
                     for iy in range(grid_h[r]):
-                        y = _sample_point(y_start[r], bin_h[r], grid_h[r], ph, iy)
+                        y = ys[r, ph, iy]
                         for ix in range(grid_w[r]):
-                            x = _sample_point(x_start[r], bin_w[r], grid_w[r], pw, ix)
+                            x = xs[r, pw, ix]
                             value = 0.0
                             if not _off_map(height, width, y, x):
                                 y0, y1, x0, x1, w00, w01, w10, w11 = _bilinear_taps(height, width,
@@ -228,8 +235,8 @@ def roi_align_backward(dout, cache):
 
 
 @njit(cache=True, parallel=True)
-def _roi_align_backward_kernel(dout, batch, y_start, bin_h, grid_h, x_start, bin_w, grid_w,
-                               argmax, use_max, n_img, height, width):
+def _roi_align_backward_kernel(dout, batch, ys, grid_h, xs, grid_w, argmax, use_max, n_img,
+                               height, width):
     """dfeatures[b, c, taps] += weight * dout[r, c, ph, pw] for the samples each bin used.
 
     RoIs overlap, so two RoIs may add into the same cell: the work is split over channels
@@ -244,11 +251,11 @@ def _roi_align_backward_kernel(dout, batch, y_start, bin_h, grid_h, x_start, bin
             for ph in range(oh):
                 for pw in range(ow):
                     for iy in range(grid_h[r]):
-                        y = _sample_point(y_start[r], bin_h[r], grid_h[r], ph, iy)
+                        y = ys[r, ph, iy]
                         for ix in range(grid_w[r]):
                             if use_max and argmax[r, c, ph, pw] != iy * grid_w[r] + ix:
                                 continue                              # only the winner learns
-                            x = _sample_point(x_start[r], bin_w[r], grid_w[r], pw, ix)
+                            x = xs[r, pw, ix]
                             if _off_map(height, width, y, x):
                                 continue
                             g = dout[r, c, ph, pw] if use_max else dout[r, c, ph, pw] / count

@@ -124,6 +124,20 @@ def test_separable_equals_readable(mode):
                                            roi_align_backward(dout, slow_cache), **tol, err_msg=msg)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_float32_sample_on_the_far_edge_reads_the_edge_cell(impl):
+    """Box (7, 6, 12, 11) on a 7 x 9 map, aligned, one sample per bin: bin column 3's sample sits
+    at x = 6.5 + 3.5 * 5/7 = 9 = W exactly, which reads the last column (only x > W reads 0).
+    In float32 that holds only if the coordinate is computed in float32, as torchvision does
+    (in float64 from float32's 5/7 it lands just past 9 and would read 0)."""
+    x = np.random.default_rng(9).standard_normal((1, 1, 7, 9))
+    rois = [[0, 7, 6, 12, 11]]
+    ref = roi_align_ref(x, rois, (7, 7), 1.0, -1, True)
+    assert np.all(ref[0, 0, :2, 3] != 0)                             # the edge column is read
+    out32 = roi_align_forward(x.astype(np.float32), rois, 7, 1.0, -1, True, impl=impl)[0]
+    np.testing.assert_allclose(out32, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_pooler_default_runs_the_separable_kernel():
     """The shipped model's bits: kind="roi_align" pools each level with impl="separable"."""
     features, rois, scales = multilevel_setup(4)
