@@ -1,10 +1,12 @@
-"""Time RoIAlign, RoIPool and NMS: python benchmarks/bench_ops.py
+"""Time RoIAlign, RoIWarp, RoIPool and NMS: python benchmarks/bench_ops.py
 
 Prints the median (and the minimum, which is less sensitive to other processes on the machine)
-wall time in milliseconds of each op, after one warm-up call that also compiles the numba kernels. If torch and torchvision import, their CPU kernels run on the same inputs in the
-same process and the ratio torchvision / ours is printed (> 1 means we are faster).
-Reference figures for torchvision on the 2-core development machine: roi_align fwd+bwd 61 ms (7x7)
-and 243 ms (14x14), roi_pool 7x7 fwd+bwd 11 ms, nms of 2000 uniform boxes 14 ms.
+wall time in milliseconds of each op, after one warm-up call that also compiles the numba
+kernels. RoIAlign runs twice, with the readable kernels (impl="readable", roi_align.py) and with
+the separable optimisation the model uses (impl="separable", roi_align_fast.py), and the ratio
+readable / separable is printed (> 1 means the optimisation is faster). If torch and torchvision
+import, their CPU kernels run on the same inputs in the same process and the ratio
+torchvision / ours is printed (> 1 means we are faster).
 """
 
 import os
@@ -17,7 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from npmaskrcnn.boxes import nms  # noqa: E402
 from npmaskrcnn.roi_ops import (roi_align_backward, roi_align_forward,  # noqa: E402
-                                roi_pool_backward, roi_pool_forward)
+                                roi_pool_backward, roi_pool_forward, roi_warp_backward,
+                                roi_warp_forward)
 
 try:
     import torchvision.ops as tvops     # first: without torchvision, skip the slow torch import
@@ -75,6 +78,26 @@ def main():
         tr = torch.from_numpy(rois)
 
     for size in (7, 14):
+        for mode in ("avg", "max"):
+            for what in ("forward", "forward+backward"):
+                times = {}
+                for impl in ("readable", "separable"):
+                    def run(impl=impl, mode=mode, what=what):
+                        out, cache = roi_align_forward(features, rois, size, 0.25, 2, True, mode,
+                                                       impl)
+                        if what != "forward":
+                            roi_align_backward(np.ones_like(out), cache)
+                    times[impl] = timeit(run)
+                    report(f"roi_align {mode} {size}x{size} {what} {impl}", times[impl], None)
+                print(f"{'':<40s} readable / separable: "
+                      f"{times['readable'][0] / times['separable'][0]:5.2f}x")
+
+        def warp_fwd_bwd():
+            out, cache = roi_warp_forward(features, rois, size, 0.25, 2, True)
+            return roi_warp_backward(np.ones_like(out), cache)
+
+        report(f"roi_warp {size}x{size} forward+backward", timeit(warp_fwd_bwd), None)
+
         def align_fwd():
             return roi_align_forward(features, rois, size, 0.25, 2, True)
 

@@ -24,7 +24,7 @@ PAPER_INFERENCE_FIELDS = ("box_score_thresh", "box_nms_thresh", "detections_per_
                           "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "rpn_nms_thresh")
 # ... and those of beyond_paper.WithInferenceAdditions
 ADDITION_INFERENCE_FIELDS = ("box_refine", "test_flip", "mask_rescore", "box_from_mask")
-POOLERS = ("roi_align", "roi_align_unaligned", "roi_align_max", "roi_pool")
+POOLERS = ("roi_align", "roi_align_unaligned", "roi_align_max", "roi_pool", "roi_warp", "roi_warp_max")
 
 
 @dataclass
@@ -66,7 +66,7 @@ class Config:
     box_positive_fraction: float = 0.25   # paper: 1:3 positives
     bbox_reg_weights: tuple = (10.0, 10.0, 5.0, 5.0)  # delta scaling (torchvision)
     box_reg_loss_weight: float = 1.0      # multiplies the box head's smooth L1 loss (paper: 1)
-    pooler: str = "roi_align"             # roi_align | roi_align_unaligned | roi_align_max | roi_pool
+    pooler: str = "roi_align"             # roi_align | roi_align_unaligned | roi_align_max | roi_pool | roi_warp | roi_warp_max
     pooler_levels: tuple = (2, 3, 4, 5)   # FPN levels the RoI heads pool from; (4,) = stride 16 only
     pooler_sampling_ratio: int = 2        # bilinear samples per bin side (torchvision: 2)
     canonical_size: float = 112.0         # FPN eq. 1: s0 (paper: 224, for ~800 px images)

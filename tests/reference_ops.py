@@ -111,3 +111,11 @@ def roi_align_ref(features, rois, output_size, spatial_scale, sampling_ratio, al
                     out[r, ch, ph, pw] = (sum(samples) / (gh * gw) if mode == "avg"
                                           else max(samples))
     return out
+
+
+def roi_warp_ref(features, rois, output_size, spatial_scale, sampling_ratio, aligned, mode="avg"):
+    """RoIWarp: each scaled corner rounded to the nearest cell (C round, as RoIPool does, no +1),
+    then RoIAlign on that box, in cells."""
+    rounded = np.array([[b] + [c_round(v * spatial_scale) for v in (x1, y1, x2, y2)]
+                        for b, x1, y1, x2, y2 in rois], dtype=np.float64).reshape(-1, 5)
+    return roi_align_ref(features, rounded, output_size, 1.0, sampling_ratio, aligned, mode)

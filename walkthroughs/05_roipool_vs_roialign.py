@@ -4,20 +4,26 @@
 # Every proposal, whatever its size, has to become a fixed 7×7 (box head) or 14×14 (mask head)
 # feature map. Fast R-CNN's **RoIPool** rounds twice on the way: the box onto the feature grid,
 # then the bins onto whole cells. Mask R-CNN's **RoIAlign** (§3 of the paper) keeps the floats and
-# reads each bin at a few points by bilinear interpolation. What you will see:
+# reads each bin at a few points by bilinear interpolation. **RoIWarp** (the paper's Table 2c,
+# from MNC) sits in between: it rounds the box as RoIPool does, then samples it bilinearly as
+# RoIAlign does — so it tells which of the two roundings matters. What you will see:
 #
 # 1. the seed's worked example in numbers (800×800 image, stride 32, 665×665 proposal) and the
 #    misalignment it causes, in feature cells and in image pixels — `worked_example()`;
-# 2. both bin grids drawn over a feature map, with RoIAlign's sampling points;
-# 3. a box slid by 1/8 of a cell at a time: RoIPool's output jumps in steps, RoIAlign's moves
-#    smoothly — `shift_experiment()`;
+# 2. the bin grids drawn over a feature map, with RoIAlign's and RoIWarp's sampling points;
+# 3. a box slid by 1/8 of a cell at a time: RoIPool's and RoIWarp's outputs jump in steps,
+#    RoIAlign's moves smoothly — `shift_experiment()`;
 # 4. max vs average aggregation (and where each sends its gradient), and `aligned=False` vs
 #    `aligned=True` (the half-pixel shift);
 # 5. masks from a RoIPool-trained and a RoIAlign-trained model side by side (if they exist).
 #
 # Functions: `npmaskrcnn.roi_ops.roi_pool_forward/backward`,
 # `roi_align_forward/backward(features, rois, output_size, spatial_scale, sampling_ratio,
-# aligned, mode)`. RoIs are `(R, 5)` rows `[batch_index, x1, y1, x2, y2]` in image pixels.
+# aligned, mode, impl)`, `roi_warp_forward/backward` (same arguments). RoIs are `(R, 5)` rows
+# `[batch_index, x1, y1, x2, y2]` in image pixels. We call RoIAlign with `impl="readable"`: the
+# kernels in `npmaskrcnn/roi_align.py`, one loop over RoIs, channels, bins and sample points, as
+# the paper describes it. The model runs `impl="separable"` (`roi_align_fast.py`), an
+# optimisation that gives the same numbers faster (the tests hold the two equal).
 #
 # The first two code cells only define functions (no side effects), so a test can import
 # `worked_example` and `shift_experiment` from this file; the rest draws and prints, and is cheap.
@@ -36,7 +42,9 @@ except ImportError:  # a checkout without `pip install -e .`: use the repo this 
     sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
 
 from npmaskrcnn.roi_ops import (roi_align_backward, roi_align_forward, roi_pool_backward,
-                                roi_pool_forward)
+                                roi_pool_forward, roi_warp_forward)
+
+READABLE = dict(impl="readable")      # RoIAlign's readable kernels (roi_align.py), not the optimisation
 
 
 def worked_example(image_size=800, stride=32, proposal=665, pooled=7, sampling_ratio=2):
@@ -78,7 +86,7 @@ def smooth_map(height, width):
 
 def shift_experiment(step=1 / 8, max_shift=2.0, box=(2.2, 2.4, 8.2, 8.4), output_size=3,
                      map_size=16, sampling_ratio=2, track=(1, 1)):
-    """Slide a box right by sub-cell steps and pool it with RoIPool and RoIAlign each time.
+    """Slide a box right by sub-cell steps and pool it with RoIPool, RoIWarp and RoIAlign each time.
 
     Two maps (scale 1, so box coordinates are cells): `smooth_map` (what the outputs look like)
     and the ramp f(y, x) = x, where an output's value *is* an x position, so the change of the
@@ -87,11 +95,12 @@ def shift_experiment(step=1 / 8, max_shift=2.0, box=(2.2, 2.4, 8.2, 8.4), output
     Inputs:
     - step, max_shift: shifts 0, step, ..., max_shift in cells
     - box: (x1, y1, x2, y2) at shift 0; output_size: bins per side; map_size: H = W
-    - sampling_ratio: RoIAlign samples per bin side; track: the (ph, pw) bin whose value is returned
-    Returns a dict of arrays, S = number of shifts:
-    - shifts (S,); pool_out, align_out (S, OH, OW) on the smooth map;
-    - pool_bin, align_bin (S,): the tracked bin; pool_shift, align_shift (S,): on the ramp,
-      mean output minus its value at shift 0 (the ideal is the shift itself)
+    - sampling_ratio: RoIAlign and RoIWarp samples per bin side (both aligned=True)
+    - track: the (ph, pw) bin whose value is returned
+    Returns a dict of arrays, S = number of shifts, op in pool, warp, align:
+    - shifts (S,); {op}_out (S, OH, OW) on the smooth map;
+    - {op}_bin (S,): the tracked bin; {op}_shift (S,): on the ramp, mean output minus its value
+      at shift 0 (the ideal is the shift itself)
     """
     shifts = np.arange(0.0, max_shift + step / 2, step)
     rois = np.array([[0, box[0] + s, box[1], box[2] + s, box[3]] for s in shifts])
@@ -100,9 +109,11 @@ def shift_experiment(step=1 / 8, max_shift=2.0, box=(2.2, 2.4, 8.2, 8.4), output
     out = {"shifts": shifts}
     for name, fmap in (("", smooth), ("ramp_", ramp)):
         out[name + "pool_out"] = roi_pool_forward(fmap, rois, output_size, 1.0)[0][:, 0]
+        out[name + "warp_out"] = roi_warp_forward(fmap, rois, output_size, 1.0, sampling_ratio,
+                                                  aligned=True, **READABLE)[0][:, 0]
         out[name + "align_out"] = roi_align_forward(fmap, rois, output_size, 1.0, sampling_ratio,
-                                                    aligned=True)[0][:, 0]
-    for op in ("pool", "align"):
+                                                    aligned=True, **READABLE)[0][:, 0]
+    for op in ("pool", "warp", "align"):
         out[op + "_bin"] = out[op + "_out"][:, track[0], track[1]]
         mean = out.pop("ramp_" + op + "_out").mean(axis=(1, 2))
         out[op + "_shift"] = mean - mean[0]
@@ -242,7 +253,11 @@ save_figure(fig, "05_bins_worked_example")
 
 # %% [markdown]
 # The same on a 10×10 map with a box that does not start on the grid, pooled to 3×3: RoIPool also
-# moves the *start* of the box (2.6 → 3), RoIAlign samples exactly inside the box.
+# moves the *start* of the box (2.6 → 3), RoIAlign samples exactly inside the box. RoIWarp (middle)
+# rounds the box's corners as RoIPool does — (1.4, 2.6, 8.3, 8.9) → (1, 3, 8, 9) — and then
+# samples *that* box as RoIAlign would: exact bins of a box that is already wrong. (No "+1": the
+# rounded corners are a box edge to edge, as MNC's warping layer measures it; see
+# `roi_warp_forward`'s docstring.)
 
 # %%
 fmap10 = smooth_map(10, 10)[0, 0]
@@ -254,13 +269,20 @@ y_first = -roi_pool_forward(-np.broadcast_to(np.arange(10.0)[:, None], (1, 1, 10
 y_last = roi_pool_forward(np.broadcast_to(np.arange(10.0)[:, None], (1, 1, 10, 10)).copy(), r10, 3, 1.0)[0][0, 0, :, 0]
 log("10x10 roi_pool x bins first", x_first)
 log("10x10 roi_pool y bins first", y_first)
-fig, axes = plt.subplots(1, 2, figsize=(12, 6))
+warp10 = tuple(float(np.sign(v) * np.floor(abs(v) + 0.5)) for v in box10)   # RoIPool's C round
+log("10x10 roi_warp rounded box (cells)", np.array(warp10))
+fig, axes = plt.subplots(1, 3, figsize=(18, 6.4))
 draw_map(axes[0], fmap10, (0, 10), "RoIPool: box rounded to whole cells, integer bins")
 draw_pool_bins(axes[0], x_first, x_last, y_first, y_last, "3×3 RoIPool bins (may share cells)")
-draw_map(axes[1], fmap10, (0, 10), "RoIAlign: exact bins, 2×2 bilinear points each")
-viz.draw_grid(axes[1], *box10, 3, 3, color="tab:blue", linewidth=2, label="3×3 RoIAlign bins")
-px, py = np.meshgrid(align_points(box10[0], box10[2], 3, 2), align_points(box10[1], box10[3], 3, 2))
+draw_map(axes[1], fmap10, (0, 10), "RoIWarp: box rounded, then exact bins, 2×2 points each")
+viz.draw_grid(axes[1], *warp10, 3, 3, color="tab:orange", linewidth=2,
+              label=f"3×3 bins of the rounded box {tuple(int(v) for v in warp10)}")
+px, py = np.meshgrid(align_points(warp10[0], warp10[2], 3, 2), align_points(warp10[1], warp10[3], 3, 2))
 axes[1].plot(px.ravel(), py.ravel(), "o", color="tab:green", markersize=6, label="sample points")
+draw_map(axes[2], fmap10, (0, 10), "RoIAlign: exact bins, 2×2 bilinear points each")
+viz.draw_grid(axes[2], *box10, 3, 3, color="tab:blue", linewidth=2, label="3×3 RoIAlign bins")
+px, py = np.meshgrid(align_points(box10[0], box10[2], 3, 2), align_points(box10[1], box10[3], 3, 2))
+axes[2].plot(px.ravel(), py.ravel(), "o", color="tab:green", markersize=6, label="sample points")
 for ax in axes:
     ax.plot([box10[0], box10[2], box10[2], box10[0], box10[0]],
             [box10[1], box10[1], box10[3], box10[3], box10[1]],
@@ -273,28 +295,35 @@ save_figure(fig, "05_bins_10x10")
 # ## 3. Slide the box by 1/8 of a cell
 #
 # `shift_experiment` moves a 6×6-cell box right from 0 to 2 cells in steps of 1/8 and pools it
-# into 3×3 each time (RoIAlign with `aligned=True`, 2×2 samples). Left: one bin's value on the
-# smooth map. Right: how far the pooled output moved, measured on the map f(y, x) = x; the ideal
-# is the diagonal. RoIPool only notices the move when a rounding flips.
+# into 3×3 each time (RoIAlign and RoIWarp with `aligned=True`, 2×2 samples). Left: one bin's value
+# on the smooth map. Right: how far the pooled output moved, measured on the map f(y, x) = x; the
+# ideal is the diagonal. RoIPool only notices the move when a rounding flips — and so does
+# RoIWarp, although it samples bilinearly: its staircase is the box's rounding, not the bins'.
+# That is the paper's reading of Table 2c: RoIWarp (27.2 / 27.1 mask AP, max / avg) is barely
+# better than RoIPool (26.9), RoIAlign (30.2 / 30.3) is far ahead — "proper alignment is the only
+# factor that contributes to the large gap".
 
 # %%
 sx = shift_experiment()
 log("shifts (cells)", sx["shifts"])
-log("pool_bin", sx["pool_bin"])
-log("align_bin", sx["align_bin"])
-log("pool_shift (cells)", sx["pool_shift"])
-log("align_shift (cells)", sx["align_shift"])
+for op in ("pool", "warp", "align"):
+    log(f"{op}_bin", sx[op + "_bin"])
+    log(f"{op}_shift (cells)", sx[op + "_shift"])
 print(f"distinct values over {len(sx['shifts'])} shifts: RoIPool {len(np.unique(sx['pool_bin']))}, "
-      f"RoIAlign {len(np.unique(sx['align_bin']))}")
+      f"RoIWarp {len(np.unique(sx['warp_bin']))}, RoIAlign {len(np.unique(sx['align_bin']))}")
 
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
 axes[0].step(sx["shifts"], sx["pool_bin"], "o-", where="post", color="tab:red", label="RoIPool")
+axes[0].step(sx["shifts"], sx["warp_bin"], "^-", where="post", color="tab:orange", label="RoIWarp")
 axes[0].plot(sx["shifts"], sx["align_bin"], "s-", color="tab:blue", label="RoIAlign")
 axes[0].set_xlabel("box shift (feature cells)")
 axes[0].set_ylabel("value of the centre bin (1, 1)")
 axes[0].set_title("One output bin as the box slides")
 axes[1].plot(sx["shifts"], sx["shifts"], color="grey", linestyle=":", label="ideal: moves with the box")
-axes[1].step(sx["shifts"], sx["pool_shift"], "o-", where="post", color="tab:red", label="RoIPool")
+axes[1].step(sx["shifts"], sx["pool_shift"], "o-", where="post", color="tab:red", markersize=8,
+             label="RoIPool")
+axes[1].step(sx["shifts"], sx["warp_shift"], "^--", where="post", color="tab:orange",
+             label="RoIWarp (same steps: the box's rounding)")
 axes[1].plot(sx["shifts"], sx["align_shift"], "s-", color="tab:blue", label="RoIAlign")
 axes[1].set_xlabel("box shift (feature cells)")
 axes[1].set_ylabel("shift of the pooled output (cells)")
@@ -307,14 +336,15 @@ fig.tight_layout()
 save_figure(fig, "05_shift_experiment")
 
 # %% [markdown]
-# The 3×3 outputs themselves at a few shifts: RoIPool's rows repeat, RoIAlign's drift.
+# The 3×3 outputs themselves at a few shifts: RoIPool's and RoIWarp's repeat, RoIAlign's drift.
 
 # %%
 show = [0, 2, 4, 8, 12, 16]
-maps = [sx["pool_out"][i] for i in show] + [sx["align_out"][i] for i in show]
-titles = [f"RoIPool, +{sx['shifts'][i]:.2f}" for i in show] + [f"RoIAlign, +{sx['shifts'][i]:.2f}" for i in show]
+names = {"pool": "RoIPool", "warp": "RoIWarp", "align": "RoIAlign"}
+maps = [sx[op + "_out"][i] for op in names for i in show]
+titles = [f"{name}, +{sx['shifts'][i]:.2f}" for name in names.values() for i in show]
 vmin, vmax = min(m.min() for m in maps), max(m.max() for m in maps)
-fig, axes = plt.subplots(2, len(show), figsize=(2.1 * len(show), 4.6))
+fig, axes = plt.subplots(len(names), len(show), figsize=(2.1 * len(show), 6.9))
 for ax, m, t in zip(axes.flat, maps, titles):
     im = ax.imshow(m, cmap="viridis", vmin=vmin, vmax=vmax)
     ax.set_title(t, fontsize=9)
@@ -339,9 +369,9 @@ roi16 = np.array([[0, 2.2, 2.4, 8.2, 8.4]])
 ops = {
     "RoIPool (max over cells)": (roi_pool_forward, roi_pool_backward, {}),
     "RoIAlign, mode='max'": (roi_align_forward, roi_align_backward,
-                             dict(sampling_ratio=2, aligned=True, mode="max")),
+                             dict(sampling_ratio=2, aligned=True, mode="max", **READABLE)),
     "RoIAlign, mode='avg'": (roi_align_forward, roi_align_backward,
-                             dict(sampling_ratio=2, aligned=True, mode="avg")),
+                             dict(sampling_ratio=2, aligned=True, mode="avg", **READABLE)),
 }
 outs, grads = {}, {}
 for name, (fwd, bwd, kw) in ops.items():
@@ -385,8 +415,8 @@ save_figure(fig, "05_max_vs_avg")
 # %%
 fmap4 = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
 box4 = np.array([[0, 0, 0, 4, 4]], dtype=np.float64)
-out_false = roi_align_forward(fmap4, box4, 2, 1.0, 2, aligned=False)[0][0, 0]
-out_true = roi_align_forward(fmap4, box4, 2, 1.0, 2, aligned=True)[0][0, 0]
+out_false = roi_align_forward(fmap4, box4, 2, 1.0, 2, aligned=False, **READABLE)[0][0, 0]
+out_true = roi_align_forward(fmap4, box4, 2, 1.0, 2, aligned=True, **READABLE)[0][0, 0]
 quadrants = fmap4[0, 0].reshape(2, 2, 2, 2).mean(axis=(1, 3))
 log("feature map 4x4", fmap4)
 log("aligned=False out", out_false)
@@ -417,8 +447,10 @@ save_figure(fig, "05_aligned_half_pixel")
 # %% [markdown]
 # ## 5. Does it matter for masks?
 #
-# The paper's ablation (Table 2c, stride 16): RoIPool 26.9 mask AP / 26.4 AP75, RoIAlign 30.3 /
-# 31.5; at stride 32 (Table 2d) the gap grows: 23.6 / 21.6 against 30.9 / 32.1. Here: two shapes models that differ only in `Config.pooler`, trained by
+# The paper's ablation (Table 2c, stride 16): RoIPool 26.9 mask AP / 26.4 AP75, RoIWarp 27.2 / 27.1
+# (max) and 27.1 / 27.1 (avg), RoIAlign 30.2 / 31.8 (max) and 30.3 / 31.5 (avg); at stride 32
+# (Table 2d) the gap grows: 23.6 / 21.6 against 30.9 / 32.1. Here: two shapes models that differ
+# only in `Config.pooler`, trained by
 # `python -m npmaskrcnn ablate` into `data/ablation/` (RoI features at stride 16, 500 steps: short
 # runs, so both are rough). Their best detections (as many as there are objects) on the same
 # images — look at how RoIPool's masks leak past the shapes' edges:
