@@ -517,14 +517,22 @@ def test_matches_torchvision_if_installed():
     for scale in (1.0, 1 / 4):
         rois = make_rois(rng, scale)
         tx, tr = torch.from_numpy(x), torch.from_numpy(rois)
+        inverted = (rois[:, 3] < rois[:, 1]) | (rois[:, 4] < rois[:, 2])
         for output_size in (1, 3, 7):
             np.testing.assert_array_equal(roi_pool_forward(x, rois, output_size, scale)[0],
                                           tvops.roi_pool(tx, tr, output_size, scale).numpy())
             for aligned in (False, True):
                 for sampling_ratio in (-1, 2):
-                    theirs = tvops.roi_align(tx, tr, output_size, scale, sampling_ratio, aligned)
+                    sel = np.ones(len(rois), bool)
+                    if aligned and sampling_ratio <= 0:
+                        # torchvision sizes an adaptive grid from the unclamped (negative) width
+                        # of an inverted box and, for some sizes, raises ("cannot create
+                        # std::vector larger than max_size()"); compare the other boxes
+                        sel = ~inverted
+                    theirs = tvops.roi_align(tx, tr[torch.from_numpy(sel)], output_size, scale,
+                                             sampling_ratio, aligned)
                     for impl in IMPLS:
-                        ours = roi_align_forward(x, rois, output_size, scale, sampling_ratio,
+                        ours = roi_align_forward(x, rois[sel], output_size, scale, sampling_ratio,
                                                  aligned, impl=impl)[0]
                         np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-10, atol=1e-12)
     boxes = rng.uniform(0, 20, (200, 2))
