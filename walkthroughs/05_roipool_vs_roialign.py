@@ -355,6 +355,95 @@ fig.suptitle("Pooled 3×3 outputs as the box slides right (shift in cells)")
 save_figure(fig, "05_shift_outputs")
 
 # %% [markdown]
+# ## 3b. The same, moving
+#
+# The box slides right by 1/8 of a cell per frame. Left: RoIPool's bins, read off `roi_pool`
+# itself — they stay put, then jump by a whole cell when a rounding flips. Middle: RoIAlign's
+# 2×2 sample points per bin glide with the box. Right: both outputs' shift (as in section 3),
+# drawn up to the current frame. Written as `05_shift_animation.gif` (the README shows it); in a
+# notebook with ipywidgets installed, a slider below draws any frame.
+
+# %%
+def pool_bin_cells(box, size, n):
+    """RoIPool's first and last cell of each bin along x and along y, from roi_pool on ramps."""
+    r = np.array([[0, *box]])
+    ramp_x = np.broadcast_to(np.arange(float(n)), (1, 1, n, n)).copy()
+    ramp_y = np.ascontiguousarray(ramp_x.transpose(0, 1, 3, 2))
+    xf = -roi_pool_forward(-ramp_x, r, size, 1.0)[0][0, 0, 0]
+    xl = roi_pool_forward(ramp_x, r, size, 1.0)[0][0, 0, 0]
+    yf = -roi_pool_forward(-ramp_y, r, size, 1.0)[0][0, 0, :, 0]
+    yl = roi_pool_forward(ramp_y, r, size, 1.0)[0][0, 0, :, 0]
+    return xf, xl, yf, yl
+
+
+def draw_shift_frame(k, sx=sx, box=(2.2, 2.4, 8.2, 8.4), size=3, fig=None):
+    """Frame k of the shift animation: RoIPool's bins, RoIAlign's points, the two shift curves."""
+    fig = fig or plt.figure(figsize=(13.5, 4.4))
+    fig.clear()
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.25]})
+    s = sx["shifts"][k]
+    b = (box[0] + s, box[1], box[2] + s, box[3])
+    fmap = smooth_map(16, 16)[0, 0]
+    for ax, title in ((axes[0], "RoIPool: bins of whole cells"),
+                      (axes[1], "RoIAlign: 2×2 bilinear points per bin")):
+        draw_map(ax, fmap, (1, 12), title)
+        ax.plot([b[0], b[2], b[2], b[0], b[0]], [b[1], b[1], b[3], b[3], b[1]], color="black",
+                linestyle="--", linewidth=1.5, label=f"box, shifted +{s:.3f}")
+    draw_pool_bins(axes[0], *pool_bin_cells(b, size, 16), "3×3 RoIPool bins")
+    viz.draw_grid(axes[1], *b, size, size, color="tab:blue", linewidth=2, label="3×3 exact bins")
+    px, py = np.meshgrid(align_points(b[0], b[2], size, 2), align_points(b[1], b[3], size, 2))
+    axes[1].plot(px.ravel(), py.ravel(), "o", color="tab:green", markersize=5, label="sample points")
+    for ax in axes[:2]:
+        ax.legend(loc="lower right", fontsize=7, framealpha=0.9)
+    ax = axes[2]
+    ax.plot(sx["shifts"], sx["shifts"], color="grey", linestyle=":", label="ideal: moves with the box")
+    ax.step(sx["shifts"][:k + 1], sx["pool_shift"][:k + 1], "o-", where="post", color="tab:red",
+            label="RoIPool")
+    ax.plot(sx["shifts"][:k + 1], sx["align_shift"][:k + 1], "s-", color="tab:blue", label="RoIAlign")
+    ax.set_xlim(-0.05, sx["shifts"][-1] + 0.05)
+    ax.set_ylim(-0.1, max(sx["shifts"][-1], sx["pool_shift"].max()) + 0.2)
+    ax.set_xlabel("box shift (feature cells)")
+    ax.set_ylabel("shift of the pooled output (cells)")
+    ax.set_title("the outputs follow the box?", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save_shift_animation(path, sx=sx, ms_per_frame=350):
+    """Every frame of the shift experiment as an animated GIF (matplotlib frames -> Pillow)."""
+    from PIL import Image
+
+    from npmaskrcnn.files import atomic_write
+
+    fig = plt.figure(figsize=(13.5, 4.4))
+    frames = []
+    for k in range(len(sx["shifts"])):
+        draw_shift_frame(k, sx, fig=fig)
+        fig.canvas.draw()
+        frames.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3]).quantize(64))
+    plt.close(fig)
+    frames += [frames[-1]] * 3                                   # pause on the last frame
+    atomic_write(path, lambda f: frames[0].save(f, format="GIF", save_all=True,
+                                                append_images=frames[1:], duration=ms_per_frame,
+                                                loop=0))
+    return path
+
+
+gif = save_shift_animation(os.path.join(viz.out_dir(), "05_shift_animation.gif"))
+print("animation written to", gif)
+try:
+    if not viz.in_notebook():
+        raise ImportError
+    import ipywidgets
+
+    ipywidgets.interact(lambda k: plt.show(draw_shift_frame(k)),
+                        k=ipywidgets.IntSlider(0, 0, len(sx["shifts"]) - 1, description="frame"))
+except ImportError:
+    save_figure(draw_shift_frame(len(sx["shifts"]) // 2), "05_shift_frame")
+
+# %% [markdown]
 # ## 4a. Max or average?
 #
 # The seed (and the first version of the paper's text) max-pools RoIAlign's samples; the
