@@ -53,7 +53,7 @@ log("w", w)
 
 fig = viz.show_feature_maps([w[f, c] for f in range(4) for c in range(3)],
                             titles=[f"filter {f}, {'RGB'[c]}" for f in range(4) for c in range(3)],
-                            ncols=6, cmap="RdBu_r", symmetric=True, size=1.8,
+                            ncols=6, cmap="RdBu_r", symmetric=True, size=1.8, colorbar=True,
                             suptitle="Untrained 3×3 filters w (F=4 filters × C=3 channels), red > 0 > blue")
 save_figure(fig, "01_filters")
 
@@ -187,11 +187,11 @@ maps = [dx[0, c] for c in range(3)] + [num_dx[0, c] for c in range(3)] + [(dx - 
 titles = ([f"dx analytic, {'RGB'[c]}" for c in range(3)] + [f"dx numerical, {'RGB'[c]}" for c in range(3)]
           + [f"difference, {'RGB'[c]}\nmax {np.abs(dx - num_dx)[0, c].max():.1e}" for c in range(3)])
 fig = viz.show_feature_maps(maps, titles, ncols=3, cmap="RdBu_r", symmetric=True, size=2.6,
-                            suptitle="dx = col2im(Wᵀ · dout), per input channel")
+                            colorbar=True, suptitle="dx = col2im(Wᵀ · dout), per input channel")
 save_figure(fig, "01_dx_maps")
 
 fig = viz.show_feature_maps([dw[f, c] for f in range(4) for c in range(3)],
                             titles=[f"dW filter {f}, {'RGB'[c]}" for f in range(4) for c in range(3)],
-                            ncols=6, cmap="RdBu_r", symmetric=True, size=1.8,
+                            ncols=6, cmap="RdBu_r", symmetric=True, size=1.8, colorbar=True,
                             suptitle="dW = dout · colsᵀ (the step a gradient-descent update would take, negated)")
 save_figure(fig, "01_dw_maps")

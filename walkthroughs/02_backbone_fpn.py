@@ -83,7 +83,7 @@ for group, title in ((range(0, 4), "ResNet stages C2..C5"), (range(4, 9), "FPN l
         p, t = level_panels(names[k], maps[k])
         panels += p
         titles += t
-    fig = viz.show_feature_maps(panels, titles, ncols=5, size=2.0,
+    fig = viz.show_feature_maps(panels, titles, ncols=5, size=2.0, colorbar=True,
                                 suptitle=f"{title} of the {trained} model (first panel of each row: "
                                          f"channel mean)")
     save_figure(fig, "02_" + ("resnet_C2_C5" if group[0] == 0 else "fpn_P2_P6"))

@@ -579,6 +579,9 @@ def compare_models(paths, n_images=3, seed=2024):
             viz.draw_instances(axes[i, j], images[i], det["boxes"][keep], det["labels"][keep],
                                det["masks"][keep], det["scores"][keep], class_names=model.class_names,
                                title=title if i == 0 else None)
+    fig.suptitle("Two weak models (500 steps from scratch, RoI features at stride 16 only; mask AP "
+                 "~15, see docs/results.md): wrong classes are expected —\nlook at how well each mask "
+                 "fits its object, the one thing the pooler changes", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, "05_ablation_masks")
 

@@ -62,7 +62,7 @@ def shown(pred):
 
 
 n_show = 4 if args.fast else 6
-fig, axes = plt.subplots(2, n_show, figsize=(3.2 * n_show, 6.8))
+fig, axes = plt.subplots(2, n_show, figsize=(3.2 * n_show, 7.4))
 for j in range(n_show):
     image, target = ds[j]
     p, k = predictions[j], shown(predictions[j])
@@ -74,7 +74,7 @@ for j in range(n_show):
 axes[0, 0].set_ylabel("ground truth")
 axes[1, 0].set_ylabel(f"predicted (score >= {SHOW_SCORE})")
 fig.suptitle(f"the {trained} model on held-out images (ShapesDataset seed 10000)", fontsize=12)
-fig.tight_layout()
+fig.tight_layout(h_pad=2.0)                                 # room for the second row's titles
 save_figure(fig, "09_detections")
 
 # %% [markdown]
