@@ -212,3 +212,34 @@ def test_anchors_command_on_coco_data_and_on_shapes(capsys, tmp_path):
     code, out, err = cli(capsys, "anchors", "--config", cfg, "--num-images", 5)
     assert code == 0, err
     assert "objects in 5 images" in out
+
+
+def test_predict_shrinks_a_large_image_for_a_model_that_does_not_resize(capsys, tmp_path,
+                                                                        monkeypatch):
+    import npmaskrcnn.__main__ as cli_module
+    from npmaskrcnn.checkpoint import save_model
+
+    monkeypatch.setattr(cli_module, "MAX_UNRESIZED_SIDE", 48)
+    save_model(MaskRCNN(Config.tiny()), tmp_path / "m.npz")
+    path = tmp_path / "big.png"
+    Image.fromarray(images_of([(60, 96)])[0]).save(path)
+    code, out, err = cli(capsys, "predict", "--model", tmp_path / "m.npz", path, "--out",
+                         tmp_path / "pred", "--score-thresh", 0.0)
+    assert code == 0, err
+    assert "seen at 48x30, detections mapped back to 96x60" in out
+    import json
+    entry = json.loads((tmp_path / "pred" / "detections.json").read_text())["images"][0]
+    assert (entry["height"], entry["width"]) == (60, 96) and entry["detections"]
+    boxes = np.array([d["box"] for d in entry["detections"]])
+    assert boxes.min() >= 0 and boxes[:, 2].max() <= 96 + 1e-3 and boxes[:, 3].max() <= 60 + 1e-3
+
+
+def test_a_config_without_the_transform_fields_loads_with_no_resize():
+    d = Config.tiny().to_dict()
+    for k in ("min_size", "max_size", "input_divisor"):
+        del d[k]
+    cfg = Config.from_dict(d)
+    assert (cfg.min_size, cfg.max_size, cfg.input_divisor) == (None, None, 1.0)
+    assert Config.tiny(min_size=800).min_size == (800,)
+    with pytest.raises(ValueError, match="min_size"):
+        Config.tiny(min_size=(0,))
