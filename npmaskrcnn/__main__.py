@@ -1,4 +1,4 @@
-"""Command line: `python -m npmaskrcnn {train,evaluate,predict,demo,summary,ablate} --help`.
+"""Command line: `python -m npmaskrcnn {train,evaluate,predict,demo,summary,ablate,anchors} --help`.
 
     python -m npmaskrcnn demo                                   # the shipped model on 6 images
     python -m npmaskrcnn train --out runs/shapes --steps 3000   # train from scratch on shapes
@@ -6,6 +6,7 @@
     python -m npmaskrcnn predict --model runs/shapes/model.npz photo.png --out preds/
     python -m npmaskrcnn summary                                # parameters and FLOPs per stage
     python -m npmaskrcnn ablate --steps 500                     # the paper's Table 2 on shapes
+    python -m npmaskrcnn anchors --data instances.json          # do the anchors fit the objects?
 
 This file declares the arguments and dispatches: each subcommand is `add_<name>_args(parser)`
 and `cmd_<name>(args) -> exit code`, composing library calls. Arguments are checked by
@@ -31,6 +32,10 @@ from npmaskrcnn.config import ADDITION_INFERENCE_FIELDS, PAPER_INFERENCE_FIELDS,
 
 DEFAULT_MODEL = checks.shipped_model_path()
 VAL_IMAGES_DURING_TRAINING = 50
+# `predict` with a model that does not resize (min_size None, the shapes preset) shrinks a larger
+# image to this longer side (the paper's max_size): an 800 x 1333 image predicts in ~0.5 GB, a
+# 4000 x 3000 photo unresized would need ~6 GB
+MAX_UNRESIZED_SIDE = 1333
 CLIError = UsageError                                      # the name earlier versions used
 
 
@@ -66,9 +71,11 @@ def add_train_args(p):
     p.add_argument("--lr", type=float, help="peak learning rate (Config.lr)")
     p.add_argument("--seed", type=int, help="seed of initialisation, data and sampling (Config.seed)")
     p.add_argument("--data", metavar="INSTANCES_JSON",
-                   help="train on a COCO-format dataset instead of shapes (all images one size); "
-                        "its categories set the class names and num_classes")
+                   help="train on a COCO-format dataset instead of shapes (images of any sizes, "
+                        "resized as the config's min_size / max_size say); its categories set the "
+                        "class names and num_classes")
     p.add_argument("--images", metavar="DIR", help="image folder of --data (default: beside the JSON)")
+    add_skip_bad_images_arg(p)
     p.add_argument("--val-data", metavar="INSTANCES_JSON",
                    help="COCO-format validation set for --eval-every (without it, --data runs skip the "
                         "periodic evaluation; default with shapes: "
@@ -86,6 +93,12 @@ def add_train_args(p):
                         "the result does not depend on it (default: one per core, at most "
                         "grad_shards)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_skip_bad_images_arg(p):
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out images of --data that are missing or cannot be read (one "
+                        "warning), instead of stopping at the first")
 
 
 def train_config(args, base):
@@ -143,8 +156,8 @@ def cmd_train(args):
 
     class_names = None
     if args.data is not None:
-        dataset = checks.load_coco_arg(args.data, args.images, "--data", "--images")
-        checks.single_image_size(dataset, "--data")
+        dataset = checks.load_coco_arg(args.data, args.images, "--data", "--images",
+                                       args.skip_bad_images)
         class_names = dataset.class_names
         if cfg.num_classes != len(class_names):
             cfg = cfg.with_overrides([f"num_classes={len(class_names)}"])
@@ -152,7 +165,8 @@ def cmd_train(args):
         dataset = default_dataset(cfg)
     val = None
     if args.val_data is not None:
-        val = checks.load_coco_arg(args.val_data, args.val_images, "--val-data", "--val-images")
+        val = checks.load_coco_arg(args.val_data, args.val_images, "--val-data", "--val-images",
+                                   args.skip_bad_images)
         if class_names is not None and tuple(val.class_names) != tuple(class_names):
             raise UsageError(f"--val-data: its classes {val.class_names} differ from --data's "
                              f"{class_names}")
@@ -217,6 +231,7 @@ def add_evaluate_args(p):
     add_model_args(p)
     p.add_argument("--data", metavar="INSTANCES_JSON", help="a COCO-format dataset (default: shapes)")
     p.add_argument("--images", metavar="DIR", help="image folder of --data (default: beside the JSON)")
+    add_skip_bad_images_arg(p)
     p.add_argument("--num-images", type=int, default=500, help="shapes images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=VAL_SEED,
                    help="seed of the shapes images (default: %(default)s, disjoint from training's 0)")
@@ -244,11 +259,11 @@ def cmd_evaluate(args):
         if path is not None:
             checks.output_file(path, arg)
     if args.data is not None:
-        dataset = checks.load_coco_arg(args.data, args.images, "--data", "--images")
+        dataset = checks.load_coco_arg(args.data, args.images, "--data", "--images",
+                                       args.skip_bad_images)
         if len(dataset.class_names) != model.config.num_classes:
             raise UsageError(f"--data: {len(dataset.class_names)} classes {dataset.class_names}, but "
                              f"the model has {model.config.num_classes} {model.class_names}")
-        checks.single_image_size(dataset, "--data")
         source = args.data
     else:
         dataset = default_dataset(model.config, args.num_images, args.seed)
@@ -272,7 +287,9 @@ def cmd_evaluate(args):
 
 
 def add_predict_args(p):
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG / JPEG files")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (PNG, JPEG, ...; any size; grayscale, RGBA, palette and 16-bit "
+                        "are converted to 8-bit RGB, each conversion stated)")
     add_model_args(p)
     p.add_argument("--out", default=os.path.join("runs", "predict"),
                    help="folder for <name>.png figures and detections.json (default: %(default)s)")
@@ -290,12 +307,20 @@ def cmd_predict(args):
     from .files import save_figure_atomic, write_json_atomic
 
     checks.fraction(args.score_thresh, "--score-thresh")
-    images = [checks.read_image_arg(path, "IMAGE") for path in args.images]
+    read = [checks.read_image_arg(path, "IMAGE") for path in args.images]
     model = load_predictor(args)
     out = checks.output_dir(args.out, "--out")
+    images = [image for image, _ in read]
+    for path, (image, conversions) in zip(args.images, read):
+        if conversions:
+            print(f"{path}: converted: {'; '.join(conversions)}")
+    warnings = [w for w in (checks.far_from_training(im.shape, model.config) for im in images) if w]
+    if warnings:                                             # once, for the first such image
+        print(warnings[0] + (f" ({len(warnings)} of the {len(images)} inputs)"
+                             if len(images) > 1 else ""), file=sys.stderr)
     names, used, entries = model.class_names, set(), []
     for path, image in zip(args.images, images):
-        pred = keep_confident(model.predict(image)[0], args.score_thresh)
+        pred = keep_confident(predict_within_memory(model, image, path), args.score_thresh)
         stem = os.path.splitext(os.path.basename(path))[0]
         name, k = stem, 1
         while name in used:                                  # two inputs a/x.png and b/x.png
@@ -312,6 +337,27 @@ def cmd_predict(args):
     write_json_atomic(detections_to_json(entries, names, args.model, args.score_thresh), detections)
     print(f"figures and {detections} written to {out}")
     return 0
+
+
+def predict_within_memory(model, image, path):
+    """model.predict(image)[0]; an image larger than MAX_UNRESIZED_SIDE for a model that does
+    not resize is seen at that longer side (said in one line), its detections mapped back."""
+    h, w = image.shape[:2]
+    cfg = model.config
+    if cfg.min_size is not None or max(h, w) <= MAX_UNRESIZED_SIDE:
+        return model.predict(image)[0]
+    from .transform import resized_size
+
+    short = max(1, round(min(h, w) * MAX_UNRESIZED_SIDE / max(h, w)))
+    nh, nw = resized_size(h, w, short, MAX_UNRESIZED_SIDE)
+    print(f"{path}: {w}x{h} is larger than {MAX_UNRESIZED_SIDE} px and this model does not resize "
+          f"(min_size None); seen at {nw}x{nh}, detections mapped back to {w}x{h}")
+    fields = ("min_size", "max_size")
+    try:
+        model.update_config(fields, min_size=(short,), max_size=MAX_UNRESIZED_SIDE)
+        return model.predict(image)[0]
+    finally:
+        model.update_config(fields, min_size=None, max_size=None)
 
 
 def add_demo_args(p):
@@ -402,6 +448,52 @@ def cmd_ablate(args):
         raise UsageError(str(e)) from None
 
 
+def add_anchors_args(p):
+    p.add_argument("--data", metavar="INSTANCES_JSON", help="a COCO-format dataset (default: "
+                   "held-out shapes images at the config's image_size)")
+    p.add_argument("--images", metavar="DIR", help="image folder of --data (not read: the sizes "
+                   "and boxes come from the JSON)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", help="a checkpoint whose anchors and transform to measure")
+    g.add_argument("--config", metavar="JSON_FILE", help="a Config JSON (default: Config.shipped())")
+    p.add_argument("--num-images", type=int, default=200, help="shapes images without --data "
+                   "(default: %(default)s)")
+    p.add_argument("--out", metavar="FIG.png", help="also draw the fit (histogram, sizes, search)")
+
+
+def cmd_anchors(args):
+    """How the anchors fit a dataset's objects after the transform (anchor_fit.py)."""
+    from .anchor_fit import anchor_fit_figure, dataset_samples, fit_anchors
+    from .batches import default_dataset
+    from .config import Config
+    from .model import transform_of
+
+    checks.at_least(args.num_images, 1, "--num-images")
+    checks.only_with(args.images, "--images", "--data", args.data)
+    if args.out is not None:
+        checks.output_file(args.out, "--out")
+    if args.model is not None:
+        cfg = checks.load_model_arg(args.model).config
+    else:
+        cfg = checks.config_arg(args.config) if args.config is not None else Config.shipped()
+    if args.data is not None:
+        checks.input_file(args.data, "--data")
+        from .coco import load_coco
+        try:
+            dataset = load_coco(args.data, args.images)
+        except (ValueError, OSError) as e:
+            raise UsageError(f"--data: {e}") from None
+    else:
+        dataset = default_dataset(cfg, args.num_images, VAL_SEED)
+    fit = fit_anchors(dataset_samples(dataset, transform_of(cfg)), cfg.anchor_sizes, cfg.anchor_ratios)
+    print("\n".join(fit.describe()))
+    if args.out is not None:
+        from .files import save_figure_atomic
+
+        print(f"figure written to {save_figure_atomic(anchor_fit_figure(fit), args.out)}")
+    return 0
+
+
 # ---- dispatch ---------------------------------------------------------------------------------
 COMMANDS = (
     ("train", "train a model from scratch (or resume)", add_train_args, cmd_train),
@@ -410,6 +502,7 @@ COMMANDS = (
     ("demo", "the shipped model on a few shapes images", add_demo_args, cmd_demo),
     ("summary", "parameters and FLOPs per stage", add_summary_args, cmd_summary),
     ("ablate", "the paper's ablations (Table 2) on shapes", add_ablate_args, cmd_ablate),
+    ("anchors", "how the anchors fit a dataset's objects", add_anchors_args, cmd_anchors),
 )
 
 

@@ -31,7 +31,8 @@ import numpy as np
 from .box_head import softmax
 from .boxes import BalancedPositiveNegativeSampler, boxes_to_rois, clip_boxes
 from .config import ADDITION_INFERENCE_FIELDS, PAPER_INFERENCE_FIELDS, Config
-from .model import MaskRCNN, as_image_list
+from .model import MaskRCNN, by_padded_size
+from .transform import size_list
 
 # ---- training: more and harder RoIs ---------------------------------------------------------
 
@@ -117,13 +118,30 @@ def additions_of(cfg):
 
 
 def mirror_boxes(boxes, width):
-    """Boxes (D, 4), or rois (D, 5), in the horizontally flipped image: x -> width - x."""
+    """Boxes (D, 4), or rois (D, 5), in the horizontally flipped image: x -> width - x.
+    width: one number, or (D,) each box's own image width."""
     out = np.array(boxes, copy=True)
+    width = np.asarray(width, dtype=out.dtype)
     out[:, -4], out[:, -2] = width - boxes[:, -2], width - boxes[:, -4]
     return out
 
 
-def second_look(heads, features, det_rois, labels, image_size, mirrored=False):
+def roi_image_sizes(det_rois, image_sizes):
+    """(D, 2) the (h, w) of each RoI's own image, from a list of each image's (h, w)."""
+    sizes = np.asarray(image_sizes, dtype=np.int64).reshape(-1, 2)
+    return sizes[det_rois[:, 0].astype(np.int64)]
+
+
+def clip_to_own_image(boxes, sizes):
+    """Clamp (D, 4) boxes to their own image's [0, w] x [0, h]; sizes (D, 2) (h, w)."""
+    out = boxes.copy()
+    for (h, w) in np.unique(sizes, axis=0):
+        sel = np.all(sizes == (h, w), axis=1)
+        out[sel] = clip_boxes(boxes[sel], (int(h), int(w)))
+    return out
+
+
+def second_look(heads, features, det_rois, labels, image_sizes, mirrored=False):
     """The box head on given boxes: its decode of each box and its probability of `labels`.
 
     Cascade R-CNN (Cai & Vasconcelos 2018) showed that the box head's output boxes are closer to
@@ -133,16 +151,19 @@ def second_look(heads, features, det_rois, labels, image_size, mirrored=False):
     Inputs:
     - heads: RoIHeads; features: [p2..p5] of the images (of the mirrored images when `mirrored`)
     - det_rois: (D, 5) detections in image coordinates; labels: (D,) their classes 1..K
-    - mirrored: pool the mirrored box (x -> W - x) and mirror the decoded box back
+    - image_sizes: list of each image's (h, w) (the boxes are clipped to their own image's)
+    - mirrored: pool the mirrored box (x -> W - x, W its own image's width) and mirror the
+      decoded box back
     Returns: boxes (D, 4) in image coordinates; probs (D,)
     """
-    w = image_size[1]
+    sizes = roi_image_sizes(det_rois, image_sizes)
+    w = sizes[:, 1]
     rois = mirror_boxes(det_rois, w) if mirrored else det_rois
     feats, _ = heads.pool(features, rois, heads.cfg.box_pool_size)
     logits, deltas = heads.box_predictor(heads.box_head(feats))
     rows = np.arange(len(rois))
     deltas = deltas.reshape(len(rois), -1, 4)[rows, labels]
-    boxes = clip_boxes(heads.box_coder.decode(deltas, rois[:, 1:]).reshape(-1, 4), image_size)
+    boxes = clip_to_own_image(heads.box_coder.decode(deltas, rois[:, 1:]).reshape(-1, 4), sizes)
     probs = softmax(logits, axis=1)[rows, labels]
     return (mirror_boxes(boxes, w) if mirrored else boxes), probs
 
@@ -198,25 +219,34 @@ class WithInferenceAdditions:
         self.model.update_config(PAPER_INFERENCE_FIELDS + ADDITION_INFERENCE_FIELDS, **options)
 
     def predict(self, images):
+        """As MaskRCNN.predict (each padded size its own batch), with the additions."""
+        return by_padded_size(self.model, images, self._predict_batch)
+
+    def _predict_batch(self, images):
         model = self.model
         was_training = model.training
         model.eval()
         try:
-            images = as_image_list(images)
-            x, image_size = model.preprocess(images)
-            features = model.backbone(x)
-            proposals, _ = model.rpn(features, image_size)
+            batch, _ = model.transform_images(images)
+            features = model.backbone(batch.tensors)
+            proposals, _ = model.rpn(features, batch.image_sizes)
             mirrored = None
             if model.config.test_flip:
-                mirrored = model.backbone(model.preprocess([im[:, ::-1] for im in images])[0])[:4]
-            return self._roi_heads_predict(features[:4], proposals, image_size, mirrored)
+                mirrored = model.backbone(mirror_batch(batch))[:4]
+            return self._roi_heads_predict(features[:4], proposals, batch.image_sizes, mirrored,
+                                           batch.original_image_sizes)
         finally:
             model.train(was_training)
 
-    def _roi_heads_predict(self, features, proposals, image_size, mirrored_features):
+    def _roi_heads_predict(self, features, proposals, image_sizes, mirrored_features,
+                           original_image_sizes=None):
         heads, cfg = self.model.roi_heads, self.model.config
         dtype = features[0].dtype
-        dets = heads.detect(features, proposals, image_size)
+        n = len(proposals)
+        image_sizes = size_list(image_sizes, n)
+        originals = (image_sizes if original_image_sizes is None
+                     else size_list(original_image_sizes, n))
+        dets = heads.detect(features, proposals, image_sizes)
         det_rois = boxes_to_rois([b for b, _, _ in dets], dtype)
         labels = np.concatenate([lab for _, lab, _ in dets])
         scores = np.concatenate([s for _, _, s in dets]).astype(np.float64)
@@ -228,7 +258,8 @@ class WithInferenceAdditions:
         if views and d:
             box_sum, score_sum = det_rois[:, 1:].astype(np.float64), scores.copy()
             for feats in views:
-                b, p = second_look(heads, feats, det_rois, labels, image_size, feats is mirrored_features)
+                b, p = second_look(heads, feats, det_rois, labels, image_sizes,
+                                   feats is mirrored_features)
                 box_sum += b
                 score_sum += p
             det_rois[:, 1:] = box_sum / (1 + len(views))
@@ -239,18 +270,29 @@ class WithInferenceAdditions:
         if d:
             probs = heads.predict_mask_probs(features, det_rois, labels)
             if mirrored_features is not None:
-                flipped = mirror_boxes(det_rois, image_size[1])
+                flipped = mirror_boxes(det_rois, roi_image_sizes(det_rois, image_sizes)[:, 1])
                 probs = 0.5 * (probs + heads.predict_mask_probs(mirrored_features, flipped, labels)[:, :, ::-1])
             # 3) rescoring by the mask's confidence
             if cfg.mask_rescore:
                 scores = scores * mask_confidence(probs, cfg.mask_threshold)
         out = []
-        for i in range(len(proposals)):
-            det = heads.assemble_image(det_rois, labels, scores, probs, image_size, i)
+        for i in range(n):
+            det = heads.assemble_image(det_rois, labels, scores, probs, image_sizes[i], i,
+                                       originals[i])
             if cfg.box_from_mask:                          # 4) the mask's tight box
                 det["boxes"] = mask_extents(det["masks"], det["boxes"])
             out.append(det)
         return out
+
+
+def mirror_batch(batch):
+    """The batch's tensors with each image mirrored left-right within its own (unpadded) size,
+    the padding staying at the bottom/right. (N, 3, Hp, Wp) from a transform.ImageList."""
+    x = batch.tensors
+    out = np.zeros_like(x)
+    for i, (h, w) in enumerate(batch.image_sizes):
+        out[i, :, :h, :w] = x[i, :, :h, :w][:, :, ::-1]
+    return out
 
 
 def for_inference(model):

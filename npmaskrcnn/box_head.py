@@ -27,6 +27,7 @@ import numpy as np
 from .boxes import batched_nms, clip_boxes, remove_small_boxes
 from .losses import smooth_l1, softmax_cross_entropy
 from .nn import Linear, Module, ReLU, Sequential, conv_gn_relu
+from .transform import size_list
 
 
 class BoxHead(Module):
@@ -117,13 +118,14 @@ def softmax(x, axis=-1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def postprocess_detections(class_logits, box_deltas, rois, num_images, image_size, box_coder,
+def postprocess_detections(class_logits, box_deltas, rois, num_images, image_sizes, box_coder,
                            score_thresh, nms_thresh, detections_per_img):
     """Per-image detections from the box branch's outputs (torchvision's `postprocess_detections`).
 
     Inputs:
     - class_logits (R, K+1), box_deltas (R, 4(K+1)), rois (R, 5) of num_images images
-    - image_size (h, w): boxes are clipped to it; box_coder: boxes.BoxCoder
+    - image_sizes: each image's (h, w) (a list), or one (h, w) for all: boxes are clipped to
+      their own image's; box_coder: boxes.BoxCoder
     - score_thresh, nms_thresh, detections_per_img: as Config's box_* fields
     Returns: list of num_images tuples (boxes (D, 4), labels (D,) in 1..K, scores (D,)), each
     sorted by decreasing score
@@ -131,11 +133,11 @@ def postprocess_detections(class_logits, box_deltas, rois, num_images, image_siz
     r, k1 = class_logits.shape
     probs = softmax(class_logits, axis=1)                                     # (R, K+1)
     boxes = box_coder.decode(box_deltas, rois[:, 1:]).reshape(r, k1, 4)
-    boxes = clip_boxes(boxes.reshape(-1, 4), image_size).reshape(boxes.shape)
+    sizes = size_list(image_sizes, num_images)
     out = []
     for i in range(num_images):
         sel = rois[:, 0] == i
-        b = boxes[sel][:, 1:].reshape(-1, 4)                                  # drop background
+        b = clip_boxes(boxes[sel][:, 1:].reshape(-1, 4), sizes[i])            # drop background
         s = probs[sel][:, 1:].reshape(-1)
         lab = np.tile(np.arange(1, k1), int(sel.sum()))
         # 1) score threshold, 2) drop empty boxes, 3) NMS per class, 4) top-k

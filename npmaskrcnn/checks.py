@@ -100,15 +100,16 @@ def load_model_arg(path, arg="--model", default=None):
         raise UsageError(f"{arg}: {e}") from None
 
 
-def load_coco_arg(json_path, image_dir, arg, images_arg):
-    """Read the COCO dataset a command line names; every image file must exist."""
+def load_coco_arg(json_path, image_dir, arg, images_arg, skip_bad_images=False):
+    """Read the COCO dataset a command line names; every image file must exist, unless
+    skip_bad_images (then images that are missing or unreadable are dropped, with one warning)."""
     from .coco import load_coco
 
     input_file(json_path, arg)
     if image_dir is not None:
         input_dir(image_dir, images_arg)
     try:
-        dataset = load_coco(json_path, image_dir)
+        dataset = load_coco(json_path, image_dir, on_bad_image="skip" if skip_bad_images else "raise")
     except (ValueError, OSError) as e:
         raise UsageError(f"{arg}: {e}") from None
     if len(dataset) == 0:
@@ -121,30 +122,37 @@ def load_coco_arg(json_path, image_dir, arg, images_arg):
     return dataset
 
 
-def single_image_size(dataset, arg):
-    """(H, W) shared by all images of a CocoDataset, else UsageError naming `arg`."""
-    sizes = {}
-    for img in dataset.images:
-        sizes.setdefault((img["height"], img["width"]), img["file_name"])
-    if len(sizes) > 1:
-        (s1, f1), (s2, f2) = list(sizes.items())[:2]
-        raise UsageError(f"{arg}: the images must all have one size (a batch is one array), but "
-                         f"{f1!r} is {s1[1]}x{s1[0]} and {f2!r} is {s2[1]}x{s2[0]} (width x height); "
-                         f"resize or pad them to one size first")
-    return next(iter(sizes))
-
-
 def read_image_arg(path, arg="IMAGE"):
-    """Read a PNG/JPEG (or any format PIL reads) as (H, W, 3) uint8 RGB."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    """Read an image file (any format Pillow reads) as (H, W, 3) uint8 RGB, converted as
+    `imageio.read_image` says (grayscale, RGBA, palette, 16-bit, EXIF rotation); returns
+    (image, conversions: tuple of str)."""
+    from .imageio import read_image
 
     input_file(path, arg)
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
+        return read_image(path, return_conversions=True)
+    except (ValueError, OSError) as e:
         raise UsageError(f"{arg}: cannot read {path!r} as an image: {e}") from None
+
+
+def far_from_training(image_shape, config):
+    """A one-line warning when an image is far from what a model of `config` was trained on,
+    else None: its shorter side after the transform against the training's (min_size, or the
+    shapes image_size when the model does not resize) — more than 2x off either way."""
+    h, w = image_shape[:2]
+    if config.min_size is None:
+        side, trained = min(h, w), config.image_size
+        what = f"{config.image_size} x {config.image_size} images, not resized"
+    else:
+        from .transform import resized_size
+
+        side = min(resized_size(h, w, config.min_size[-1], config.max_size))
+        trained = min(config.min_size)
+        what = f"images resized to a shorter side of {list(config.min_size)}"
+    if side > 2 * trained or 2 * side < trained:
+        return (f"warning: a {w}x{h} image is far from what this model was trained on ({what}); "
+                f"its objects may be out of the anchors' range and its detections unreliable")
+    return None
 
 
 def config_arg(path, arg="--config"):

@@ -30,10 +30,17 @@ POOLERS = ("roi_align", "roi_align_unaligned", "roi_align_max", "roi_pool", "roi
 @dataclass
 class Config:
     # ---- data ----
-    image_size: int = 128                 # square input side in pixels; must be a multiple of 32
+    image_size: int = 128                 # the shapes generator's square side and the model's
+    #                                       nominal input size; a multiple of 32
     num_classes: int = 3                  # K foreground classes (labels 1..K, 0 is background)
     pixel_mean: tuple = (127.5, 127.5, 127.5)  # subtracted from uint8 RGB before the backbone
     pixel_std: tuple = (64.0, 64.0, 64.0)      # divides after the mean
+    # the input transform (transform.py, torchvision's GeneralizedRCNNTransform): each image's
+    # shorter side resized to min_size unless its longer side would pass max_size; None = no resize
+    # (the shapes presets: 128 x 128 in, 128 x 128 out). Several sizes: one drawn per training image
+    min_size: tuple = None                # paper / torchvision: (800,)
+    max_size: int = None                  # paper / torchvision: 1333
+    input_divisor: float = 1.0            # uint8 divided by this before the mean (torchvision: 255)
 
     # ---- backbone: ResNet with GroupNorm + FPN ----
     stem_channels: int = 32               # 7x7 stride-2 stem conv width (ResNet: 64)
@@ -115,6 +122,8 @@ class Config:
     box_from_mask: bool = False           # report the tight box of the pasted mask
 
     def __post_init__(self):
+        if isinstance(self.min_size, int) and not isinstance(self.min_size, bool):
+            self.min_size = (self.min_size,)             # min_size=800 means (800,)
         self.validate()
 
     def validate(self):
@@ -157,6 +166,12 @@ class Config:
         need(seq(self.pixel_mean, 3, is_num), "pixel_mean", "3 finite numbers (R, G, B)")
         need(seq(self.pixel_std, 3, lambda v: is_num(v) and v > 0), "pixel_std",
              "3 positive numbers (R, G, B)")
+        need(self.min_size is None or seq(self.min_size, None, lambda v: is_int(v) and v >= 1),
+             "min_size", "None (no resize) or one or more shorter-side sizes >= 1")
+        need(self.max_size is None or (is_int(self.max_size) and self.max_size >= 1), "max_size",
+             "None (no bound) or an int >= 1")
+        need(is_num(self.input_divisor) and self.input_divisor > 0, "input_divisor",
+             "a positive number")
         # backbone
         pos_int("stem_channels")
         need(seq(self.stage_channels, 4, lambda v: is_int(v) and v >= 1), "stage_channels",

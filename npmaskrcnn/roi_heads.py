@@ -31,6 +31,7 @@ from .mask_head import (MaskHead, MaskPredictor, mask_channels, mask_probs, mask
                         maskrcnn_loss, paste_masks)
 from .nn import Module
 from .roi_ops import multilevel_roi_backward, multilevel_roi_forward
+from .transform import resize_boxes, size_list
 
 
 class RoIHeads(Module):
@@ -118,17 +119,18 @@ class RoIHeads(Module):
         return np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
 
     # ---- forward / backward ----------------------------------------------------------------
-    def forward(self, features, proposals, image_size, targets=None, rng=None):
+    def forward(self, features, proposals, image_sizes, targets=None, rng=None):
         """Training (targets given): losses. Inference: detections.
 
         Inputs:
         - features: [p2, p3, p4, p5] (N, F, H_l, W_l)
         - proposals: list of N (P_i, 4)
+        - image_sizes: each image's own (h, w) (a list), or one (h, w) for all
         - targets: list of N dicts with "boxes", "labels", "masks", or None
         Returns: (detections: list of N dicts or None, losses: dict)
         """
         if targets is None:
-            return self.predict(features, proposals, image_size), {}
+            return self.predict(features, proposals, image_sizes), {}
         cfg = self.cfg
         # 1) sample RoIs
         rois, labels, reg_targets, matched = self.sample_proposals(proposals, targets, rng)
@@ -166,13 +168,14 @@ class RoIHeads(Module):
         return dfeatures
 
     # ---- inference, in three steps a wrapper can reuse -------------------------------------
-    def detect(self, features, proposals, image_size):
-        """The box branch on the proposals: per image (boxes, labels, scores) after per-class NMS."""
+    def detect(self, features, proposals, image_sizes):
+        """The box branch on the proposals: per image (boxes, labels, scores) after per-class NMS,
+        boxes clipped to the image's own (h, w) (image_sizes: a list, or one (h, w) for all)."""
         cfg = self.cfg
         rois = boxes_to_rois(proposals, features[0].dtype)
         box_feats, _ = self.pool(features, rois, cfg.box_pool_size)
         class_logits, box_deltas = self.box_predictor(self.box_head(box_feats))
-        return postprocess_detections(class_logits, box_deltas, rois, len(proposals), image_size,
+        return postprocess_detections(class_logits, box_deltas, rois, len(proposals), image_sizes,
                                       self.box_coder, cfg.box_score_thresh, cfg.box_nms_thresh,
                                       cfg.detections_per_img)
 
@@ -183,23 +186,35 @@ class RoIHeads(Module):
         logits = self.mask_predictor(self.mask_head(feats))
         return mask_probs(logits, labels, cfg.mask_loss, cfg.class_agnostic_masks)
 
-    def assemble_image(self, det_rois, labels, scores, probs, image_size, i):
-        """The detection dict of image i: sorted by decreasing score, masks pasted and thresholded."""
+    def assemble_image(self, det_rois, labels, scores, probs, image_size, i, original_size=None):
+        """The detection dict of image i: sorted by decreasing score, masks pasted and thresholded.
+
+        image_size: image i's (h, w) as the network saw it (after resize); original_size: its
+        (h, w) as given (None: the same). As torchvision: the boxes are mapped back to the
+        original image first (`transform.resize_boxes`), the masks pasted there from them.
+        """
         sel = np.flatnonzero(det_rois[:, 0] == i)
         order = sel[np.argsort(-scores[sel], kind="stable")]
         boxes = det_rois[order, 1:].astype(np.float32)
+        size = tuple(image_size) if original_size is None else tuple(original_size)
+        if size != tuple(image_size):
+            boxes = resize_boxes(boxes, image_size, size)
         return {"boxes": boxes, "labels": labels[order].astype(np.int64),
                 "scores": scores[order].astype(np.float32),
-                "masks": paste_masks(probs[order], boxes, image_size, self.cfg.mask_threshold)}
+                "masks": paste_masks(probs[order], boxes, size, self.cfg.mask_threshold)}
 
-    def predict(self, features, proposals, image_size):
-        """Detections per image: dicts of boxes, labels, scores, masks (pasted, thresholded)."""
-        dets = self.detect(features, proposals, image_size)
+    def predict(self, features, proposals, image_sizes, original_image_sizes=None):
+        """Detections per image: dicts of boxes, labels, scores, masks (pasted, thresholded),
+        in each image's original pixels (original_image_sizes; None: as image_sizes)."""
+        n = len(proposals)
+        sizes = size_list(image_sizes, n)
+        originals = sizes if original_image_sizes is None else size_list(original_image_sizes, n)
+        dets = self.detect(features, proposals, sizes)
         det_rois = boxes_to_rois([b for b, _, _ in dets], features[0].dtype)
         labels = np.concatenate([lab for _, lab, _ in dets])
         scores = np.concatenate([s for _, _, s in dets]).astype(np.float64)
         m = 2 * self.cfg.mask_pool_size
         probs = (self.predict_mask_probs(features, det_rois, labels) if len(det_rois)
                  else np.zeros((0, m, m), features[0].dtype))
-        return [self.assemble_image(det_rois, labels, scores, probs, image_size, i)
-                for i in range(len(proposals))]
+        return [self.assemble_image(det_rois, labels, scores, probs, sizes[i], i, originals[i])
+                for i in range(n)]

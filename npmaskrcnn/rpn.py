@@ -24,6 +24,7 @@ from .boxes import (BalancedPositiveNegativeSampler, BoxCoder, Matcher, batched_
                     clip_boxes, remove_small_boxes)
 from .losses import sigmoid_binary_cross_entropy, smooth_l1
 from .nn import Conv2d, Module, ReLU
+from .transform import size_list
 
 STRIDES = (4, 8, 16, 32, 64)
 
@@ -88,12 +89,13 @@ class RPN(Module):
             self._anchor_cache[key] = self.anchor_generator.grid_anchors(list(feature_shapes))
         return self._anchor_cache[key]
 
-    def forward(self, features, image_size, gt_boxes=None, rng=None):
+    def forward(self, features, image_sizes, gt_boxes=None, rng=None):
         """Run the head, make proposals and (with gt_boxes) the losses.
 
         Inputs:
         - features: [p2, ..., p6], each (N, F, H_l, W_l)
-        - image_size: (h, w) of the input images
+        - image_sizes: each image's own (h, w) before padding (a list), or one (h, w) for all;
+          the anchors cover the padded batch, each image's proposals are clipped to its size
         - gt_boxes: list of N (M_i, 4) arrays in training, None at inference
         - rng: np.random.Generator for anchor sampling
         Returns: (proposals: list of N (P_i, 4) arrays, losses: dict, empty at inference)
@@ -113,7 +115,8 @@ class RPN(Module):
 
         # 2) proposals: constants, no gradient flows through them
         counts = [a.shape[0] for a in anchors_per_level]
-        proposals = [self.propose(objectness[i], rpn_deltas[i], anchors, counts, image_size)
+        sizes = size_list(image_sizes, objectness.shape[0])
+        proposals = [self.propose(objectness[i], rpn_deltas[i], anchors, counts, sizes[i])
                      for i in range(objectness.shape[0])]
         if gt_boxes is None:
             return proposals, {}

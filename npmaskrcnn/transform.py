@@ -190,6 +190,20 @@ def hflip(image, target=None):
     return image, target
 
 
+def size_list(image_sizes, n):
+    """N (h, w) tuples from one (h, w) shared by all N images or a list of N of them.
+
+    The RPN and the RoI heads take either, so a batch of one size may still pass its (h, w)."""
+    if (isinstance(image_sizes, tuple) and len(image_sizes) == 2
+            and all(isinstance(v, (int, np.integer)) for v in image_sizes)):
+        return [tuple(int(v) for v in image_sizes)] * n
+    sizes = [tuple(int(v) for v in s) for s in image_sizes]
+    if len(sizes) != n or any(len(s) != 2 for s in sizes):
+        raise ValueError(f"image_sizes: expected one (h, w) or a list of {n} of them, got "
+                         f"{image_sizes!r}")
+    return sizes
+
+
 @dataclass
 class ImageList:
     """A padded batch and the sizes needed to use and undo the transform (torchvision's ImageList).
