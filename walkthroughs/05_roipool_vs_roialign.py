@@ -31,15 +31,8 @@
 # %%
 import math
 import os
-import sys
 
 import numpy as np
-
-try:
-    import npmaskrcnn  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`: use the repo this file lives in
-    _here = os.path.abspath(globals().get("__file__", os.path.join(os.getcwd(), "_")))
-    sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
 
 from npmaskrcnn.roi_ops import (roi_align_backward, roi_align_forward, roi_pool_backward,
                                 roi_pool_forward, roi_warp_forward)
@@ -124,7 +117,7 @@ def shift_experiment(step=1 / 8, max_shift=2.0, box=(2.2, 2.4, 8.2, 8.4), output
 from npmaskrcnn import viz  # noqa: E402
 from npmaskrcnn.viz import log, save_figure  # noqa: E402
 
-import matplotlib.pyplot as plt  # noqa: E402  (viz has selected the Agg backend)
+import matplotlib.pyplot as plt  # noqa: E402  (viz chooses the backend first)
 
 args = viz.parse_walkthrough_args()
 print("figures go to", args.out, "(fast mode)" if args.fast else "")

@@ -21,7 +21,6 @@ import time
 import numpy as np
 
 from npmaskrcnn import viz
-from npmaskrcnn.config import Config
 from npmaskrcnn.evaluate import (error_breakdown, evaluate_predictions, format_errors, format_metrics,
                                  predict_dataset)
 from npmaskrcnn.shapes import ShapesDataset
