@@ -1,8 +1,8 @@
 """Reproduce the paper's ablations on shapes: one switch at a time, same budget, same seed.
 
 Mask R-CNN, Table 2: (b) sigmoid vs softmax mask loss, class-specific vs class-agnostic masks,
-(c) RoIPool vs RoIAlign (max vs average aggregation), (d) RoIPool vs RoIAlign at a coarse stride,
-where misalignment bites. We also train RoIAlign without the half-pixel shift (aligned=False,
+(c) RoIPool vs RoIWarp vs RoIAlign (max vs average aggregation), (d) RoIPool vs RoIAlign at a
+coarse stride, where misalignment bites, (e) the MLP mask head vs the FCN. We also train RoIAlign without the half-pixel shift (aligned=False,
 the original implementation; detectron2's note on `aligned`). Every variant pools from a single
 coarse level (stride 16 by default, like the paper's C4 models; `--stride 32` for C5), and
 trains from the same seed for the same number of steps; held-out images give box and mask AP.
@@ -31,6 +31,9 @@ VARIANTS = {                        # name -> the one switch that differs from t
     "roi_align_unaligned": {"pooler": "roi_align_unaligned"},
     "roi_align_max": {"pooler": "roi_align_max"},
     "roi_pool": {"pooler": "roi_pool"},
+    "roi_warp": {"pooler": "roi_warp"},
+    "roi_warp_max": {"pooler": "roi_warp_max"},
+    "mlp_mask_head": {"mask_head": "mlp"},
     "softmax_masks": {"mask_loss": "softmax"},
     "class_agnostic_masks": {"class_agnostic_masks": True},
 }
@@ -39,7 +42,8 @@ VARIANTS = {                        # name -> the one switch that differs from t
 PAPER = {
     16: {"roi_align": "30.3 / 51.2 / 31.5 (2c, C4)", "roi_pool": "26.9 / 48.8 / 26.4 (2c, C4)",
          "roi_align_max": "30.2 / 51.0 / 31.8 (2c, C4)", "softmax_masks": "24.8 / 44.1 / 25.1 (2b)",
-         "class_agnostic_masks": "29.7 AP (2b)"},
+         "class_agnostic_masks": "29.7 AP (2b)", "roi_warp": "27.1 AP (2c, C4)",
+         "roi_warp_max": "27.2 AP (2c, C4)", "mlp_mask_head": "31.5 AP vs FCN 33.6 (2e, FPN)"},
     32: {"roi_align": "30.9 / 51.8 / 32.1 (2d, C5)", "roi_pool": "23.6 / 46.5 / 21.6 (2d, C5)"},
 }
 

@@ -84,6 +84,8 @@ class Config:
     mask_pool_size: int = 14              # mask head RoI size (paper: 14)
     mask_channels: int = 64               # mask head conv width (paper: 256)
     mask_num_convs: int = 4               # 3x3 convs in the mask head (paper: 4)
+    mask_head: str = "fcn"                # fcn (figure 4) | mlp (the ablation of Table 2e)
+    mask_fc_dim: int = 256                # the MLP mask head's FC width (paper: 1024)
     max_mask_rois_per_image: int = 8      # positives per image sent to the mask head in training
     mask_loss: str = "sigmoid"            # sigmoid (per-class BCE, paper) | softmax (across classes)
     class_agnostic_masks: bool = False    # one mask per RoI instead of one per class
@@ -222,6 +224,8 @@ class Config:
         pos_int("mask_pool_size")
         pos_int("mask_channels")
         pos_int("mask_num_convs", least=0)
+        need(self.mask_head in ("fcn", "mlp"), "mask_head", "'fcn' or 'mlp'")
+        pos_int("mask_fc_dim")
         pos_int("max_mask_rois_per_image")
         widths = {"stem_channels": [self.stem_channels], "stage_channels": self.stage_channels,
                   "fpn_channels": [self.fpn_channels], "mask_channels": [self.mask_channels]}

@@ -27,8 +27,7 @@ import numpy as np
 
 from .box_head import BoxPredictor, build_box_head, fastrcnn_loss, postprocess_detections
 from .boxes import BalancedPositiveNegativeSampler, BoxCoder, Matcher, box_iou, boxes_to_rois
-from .mask_head import (MaskHead, MaskPredictor, mask_channels, mask_probs, mask_targets,
-                        maskrcnn_loss, paste_masks)
+from .mask_head import build_mask_branch, mask_probs, mask_targets, maskrcnn_loss, paste_masks
 from .nn import Module
 from .roi_ops import multilevel_roi_backward, multilevel_roi_forward
 from .transform import resize_boxes, size_list
@@ -42,9 +41,9 @@ class RoIHeads(Module):
         self.cfg = cfg
         self.add("box_head", build_box_head(cfg, rng))
         self.add("box_predictor", BoxPredictor(cfg.box_fc_dim, cfg.num_classes, rng))
-        self.add("mask_head", MaskHead(cfg.fpn_channels, cfg.mask_channels, cfg.mask_num_convs,
-                                       cfg.gn_groups, rng))
-        self.add("mask_predictor", MaskPredictor(cfg.mask_channels, mask_channels(cfg), rng))
+        mask_head, mask_predictor = build_mask_branch(cfg, rng)
+        self.add("mask_head", mask_head)
+        self.add("mask_predictor", mask_predictor)
         self.box_coder = BoxCoder(cfg.bbox_reg_weights)
         self.matcher = Matcher(cfg.box_fg_iou, cfg.box_bg_iou, allow_low_quality_matches=False)
         self.sampler = sampler or BalancedPositiveNegativeSampler(cfg.box_batch_size_per_image,

@@ -22,7 +22,7 @@ def test_ablate_trains_each_variant_and_writes_the_table(tmp_path):
 
 
 def test_ablate_refuses_an_unknown_variant(tmp_path, capsys):
-    code = main(["ablate", "--variants", "roi_warp", "--out", str(tmp_path), "--save-dir", str(tmp_path)])
+    code = main(["ablate", "--variants", "roi_wrap", "--out", str(tmp_path), "--save-dir", str(tmp_path)])
     assert code == 2
     assert "--variants" in capsys.readouterr().err
 

@@ -46,7 +46,7 @@ def total_loss(model, images, targets, seed=0):
     return sum(losses.values()), losses
 
 
-@pytest.mark.parametrize("overrides", [{}, {"pooler": "roi_pool"},
+@pytest.mark.parametrize("overrides", [{}, {"pooler": "roi_pool"}, {"mask_head": "mlp", "mask_fc_dim": 8},
                                        {"mask_loss": "softmax", "fpn_norm": True, "box_head_convs": 1},
                                        # max-RoIAlign is piecewise linear: with the jittered
                                        # gt RoIs too, a +-h step of this seed crosses a kink

@@ -192,3 +192,36 @@ def test_postprocess_clips_to_the_image_and_decodes_each_class_on_its_own():
     by_class = {int(lab): b for lab, b in zip(labels, boxes)}
     np.testing.assert_allclose(by_class[1], [50, 0, 56, 10], atol=1e-4)     # clipped at x = 56
     np.testing.assert_allclose(by_class[2], [50.4, 0, 56, 10], atol=1e-4)   # dx * w = 0.05 * 8
+
+
+def test_the_mlp_mask_head_of_table_2e_maps_a_roi_to_k_masks_and_backpropagates():
+    """fc -> fc -> fc(Kc * M * M): shapes, and a float64 gradient check of every parameter and
+    of the input through head and predictor."""
+    from gradcheck import numerical_gradient, rel_error
+
+    from npmaskrcnn.mask_head import build_mask_branch
+
+    cfg = Config.tiny(mask_head="mlp", mask_fc_dim=6)
+    head, pred = build_mask_branch(cfg, np.random.default_rng(0))
+    head.astype(np.float64), pred.astype(np.float64)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, cfg.fpn_channels, cfg.mask_pool_size, cfg.mask_pool_size))
+    out = pred(head(x))
+    m = 2 * cfg.mask_pool_size
+    assert out.shape == (3, cfg.num_classes, m, m)
+    dout = rng.standard_normal(out.shape)
+
+    def loss():
+        return float((pred(head(x)) * dout).sum())
+
+    for mod in (head, pred):
+        for mm in mod.modules():
+            for g in mm.grads.values():
+                g.fill(0)
+    dx = head.backward(pred.backward(dout))
+    head.clear_caches(), pred.clear_caches()
+    assert rel_error(dx, numerical_gradient(lambda: loss(), x)) < 1e-7
+    for mod in (head, pred):
+        for mm in mod.modules():
+            for k, p in mm.params.items():
+                assert rel_error(mm.grads[k], numerical_gradient(lambda: loss(), p)) < 1e-7
