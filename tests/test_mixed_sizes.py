@@ -222,7 +222,7 @@ def test_anchors_command_on_coco_data_and_on_shapes(capsys, tmp_path):
 
 def test_predict_shrinks_a_large_image_for_a_model_that_does_not_resize(capsys, tmp_path,
                                                                         monkeypatch):
-    import npmaskrcnn.__main__ as cli_module
+    import npmaskrcnn.commands as cli_module
     from npmaskrcnn.checkpoint import save_model
 
     monkeypatch.setattr(cli_module, "MAX_UNRESIZED_SIDE", 48)
