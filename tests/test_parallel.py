@@ -204,7 +204,7 @@ def test_a_failed_worker_ends_training_with_a_checkpoint_and_how_to_resume(tmp_p
     start = time.monotonic()
     with pytest.raises(WorkerFailed, match="died" if how == "die" else "hung") as info:
         train(cfg, str(tmp_path / "run"), dataset=data, progress=False, workers=2,
-              checkpoint_every=0, **({} if how == "die" else {"hang_timeout": 20}))
+              checkpoint_every=0, **({} if how == "die" else {"hang_timeout": 8}))
     assert time.monotonic() - start < 120
     assert "after step 2" in str(info.value) and "--resume" in str(info.value)
     assert int(load_checkpoint(tmp_path / "run" / "checkpoint.npz")["extra"]["step"]) == 2
