@@ -19,12 +19,12 @@ from .shapes import ShapesDataset
 
 
 def default_dataset(cfg, num_images=None, seed=None):
-    """Shapes images at the config's size: shape sizes scale with the image (16..64 px at 128).
+    """Shapes images at the config's size, drawn with the config's generator settings
+    (`cfg.shapes`; shape sizes scale with the image: 16..64 px at 128 for gentle, 16..80 hard).
     Default: cfg.train_steps * cfg.batch_size images of seed cfg.seed (the training set)."""
-    s = cfg.image_size
     n = cfg.train_steps * cfg.batch_size if num_images is None else num_images
-    return ShapesDataset(n, seed=cfg.seed if seed is None else seed, image_size=s,
-                         min_size=max(8, s // 8), max_size=s // 2)
+    return ShapesDataset(n, seed=cfg.seed if seed is None else seed, image_size=cfg.image_size,
+                         **ShapesDataset.named_settings(cfg.shapes, cfg.image_size))
 
 
 def hflip(image, target):

@@ -41,6 +41,8 @@ class Config:
     min_size: tuple = None                # paper / torchvision: (800,)
     max_size: int = None                  # paper / torchvision: 1333
     input_divisor: float = 1.0            # uint8 divided by this before the mean (torchvision: 255)
+    shapes: str = "gentle"                # the shapes generator's settings that training and the
+    #                                       default evaluation draw: gentle | hard (shapes.SETTINGS)
 
     # ---- backbone: ResNet with GroupNorm + FPN ----
     stem_channels: int = 32               # 7x7 stride-2 stem conv width (ResNet: 64)
@@ -172,6 +174,7 @@ class Config:
              "min_size", "None (no resize) or one or more shorter-side sizes >= 1")
         need(self.max_size is None or (is_int(self.max_size) and self.max_size >= 1), "max_size",
              "None (no bound) or an int >= 1")
+        need(self.shapes in ("gentle", "hard"), "shapes", "'gentle' or 'hard'")
         need(is_num(self.input_divisor) and self.input_divisor > 0, "input_divisor",
              "a positive number")
         # backbone
@@ -305,7 +308,8 @@ class Config:
         unknown = sorted(set(d) - set(known))
         if unknown:
             raise ValueError(f"config: unknown fields {unknown}")
-        kw = {}
+        # checkpoints from before the `shapes` field were all trained on the gentle generator
+        kw = {} if "shapes" in d else {"shapes": "gentle"}
         for k, v in d.items():
             kw[k] = tuple(v) if isinstance(v, list) else v
         return cls(**kw)

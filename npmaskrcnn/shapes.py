@@ -83,6 +83,7 @@ HARD = dict(GENTLE, max_shapes=6, max_size=80, min_visible_fraction=0.15,
             min_background_contrast=15.0, min_shape_contrast=15.0, low_contrast_prob=0.25,
             strict_contrast=True, border_cut_prob=0.5, overlap_prob=0.3, axis_aligned_prob=0.5,
             background_gradient=40.0, background_texture=12.0, noise_std=3.0)
+SETTINGS = {"gentle": GENTLE, "hard": HARD}   # by name, as Config.shapes names them
 
 
 def _unit_polygon(label, angle):
@@ -366,6 +367,15 @@ class ShapesDataset:
         arguments for ShapesDataset."""
         s = int(image_size)
         return dict(HARD, min_size=max(8, s // 8), max_size=max(max(8, s // 8), s * 5 // 8))
+
+    @staticmethod
+    def named_settings(name, image_size=128):
+        """`gentle_settings` or `hard_settings` by name (a key of `SETTINGS`, as `Config.shapes`
+        names them). Raises ValueError for another name."""
+        if name not in SETTINGS:
+            raise ValueError(f"shapes settings: expected one of {sorted(SETTINGS)}, got {name!r}")
+        return (ShapesDataset.gentle_settings if name == "gentle"
+                else ShapesDataset.hard_settings)(image_size)
 
     def __len__(self):
         return self.num_images
