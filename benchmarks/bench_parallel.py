@@ -16,12 +16,13 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from npmaskrcnn.runtime import as_the_cli_trains  # noqa: E402
+
+as_the_cli_trains()            # before numpy loads: the CLI's thread counts and allocator setting
 
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from npmaskrcnn.config import Config  # noqa: E402
 from npmaskrcnn.shapes import ShapesDataset  # noqa: E402

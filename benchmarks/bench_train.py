@@ -303,6 +303,11 @@ print(json.dumps(2.0 * 1024 ** 3 / best / 1e9))
 CLI_SCRIPT = r"""
 import json, sys, tempfile
 sys.path.insert(0, {root!r})
+try:
+    from npmaskrcnn.runtime import as_the_cli_trains     # the CLI's allocator setting (the threads
+    as_the_cli_trains()                                  # are set by the environment)
+except ImportError:                                      # an older tree (--baseline)
+    pass
 import numpy as np
 from npmaskrcnn.config import Config
 from npmaskrcnn.shapes import ShapesDataset

@@ -21,6 +21,13 @@ def single_threaded_env():
         os.environ.setdefault(k, "1")
 
 
+def as_the_cli_trains():
+    """The process settings of the CLI's `train`, for any script or walkthrough that trains: one
+    BLAS and one numba thread (call before numpy is imported) and freed memory kept for reuse."""
+    single_threaded_env()
+    keep_freed_memory()
+
+
 @contextlib.contextmanager
 def single_threaded_children():
     """Processes started inside this block get one BLAS and one numba thread unless the

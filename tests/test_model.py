@@ -46,12 +46,20 @@ def total_loss(model, images, targets, seed=0):
     return sum(losses.values()), losses
 
 
-@pytest.mark.parametrize("overrides", [{}, {"pooler": "roi_pool"}, {"mask_head": "mlp", "mask_fc_dim": 8},
-                                       {"mask_loss": "softmax", "fpn_norm": True, "box_head_convs": 1},
-                                       # max-RoIAlign is piecewise linear: with the jittered
-                                       # gt RoIs too, a +-h step of this seed crosses a kink
-                                       {"class_agnostic_masks": True, "pooler": "roi_align_max",
-                                        "box_jitter_per_gt": 0}])
+# The paper's network in the default suite; the variants (each of whose layers has its own
+# gradient check) in the slow group that CI runs.
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    pytest.param({"pooler": "roi_pool"}, marks=SLOW),
+    pytest.param({"mask_head": "mlp", "mask_fc_dim": 8}, marks=SLOW),
+    pytest.param({"mask_loss": "softmax", "fpn_norm": True, "box_head_convs": 1}, marks=SLOW),
+    # max-RoIAlign is piecewise linear: with the jittered gt RoIs too, a +-h step of this seed
+    # crosses a kink
+    pytest.param({"class_agnostic_masks": True, "pooler": "roi_align_max", "box_jitter_per_gt": 0},
+                 marks=SLOW)])
 def test_whole_model_gradient_check(overrides):
     rng = np.random.default_rng(0)
     cfg = Config.tiny(**overrides)
@@ -154,6 +162,7 @@ def test_batch_of_one_and_of_several():
         assert d["masks"].shape[1:] == (32, 32)
 
 
+@pytest.mark.slow
 def test_overfit_two_images():
     """A short run drives the loss down 10x and predict recovers every object."""
     from npmaskrcnn.optim import AdamW, clip_grad_norm

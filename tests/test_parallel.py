@@ -184,7 +184,7 @@ def test_keep_freed_memory_sets_the_malloc_thresholds():
     assert keep_freed_memory() is expected
 
 
-@pytest.mark.parametrize("how", ["die", "hang"])
+@pytest.mark.parametrize("how", ["die", pytest.param("hang", marks=pytest.mark.slow)])
 def test_a_failed_worker_ends_training_with_a_checkpoint_and_how_to_resume(tmp_path, how):
     """A worker killed (or hung) in step 2 stops training within seconds with one message that
     names what happened; the checkpoint of step 2 (the last whole step) is there to resume."""

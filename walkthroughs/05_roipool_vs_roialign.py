@@ -404,27 +404,30 @@ def draw_shift_frame(k, sx=sx, box=(2.2, 2.4, 8.2, 8.4), size=3, fig=None):
     return fig
 
 
-def save_shift_animation(path, sx=sx, ms_per_frame=350):
-    """Every frame of the shift experiment as an animated GIF (matplotlib frames -> Pillow)."""
+def save_shift_animation(path, sx=sx, ms_per_frame=350, every=1):
+    """Every `every`-th frame of the shift experiment (and the last) as an animated GIF
+    (matplotlib frames -> Pillow)."""
     from PIL import Image
 
     from npmaskrcnn.files import atomic_write
 
     fig = plt.figure(figsize=(13.5, 4.4))
     frames = []
-    for k in range(len(sx["shifts"])):
+    n = len(sx["shifts"])
+    for k in sorted(set(range(0, n, every)) | {n - 1}):
         draw_shift_frame(k, sx, fig=fig)
         fig.canvas.draw()
         frames.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3]).quantize(64))
     plt.close(fig)
     frames += [frames[-1]] * 3                                   # pause on the last frame
     atomic_write(path, lambda f: frames[0].save(f, format="GIF", save_all=True,
-                                                append_images=frames[1:], duration=ms_per_frame,
-                                                loop=0))
+                                                append_images=frames[1:],
+                                                duration=ms_per_frame * every, loop=0))
     return path
 
 
-gif = save_shift_animation(os.path.join(viz.out_dir(), "05_shift_animation.gif"))
+gif = save_shift_animation(os.path.join(viz.out_dir(), "05_shift_animation.gif"),
+                           every=6 if args.fast else 1)          # fast mode: 4 frames of 18
 print("animation written to", gif)
 try:
     if not viz.in_notebook():

@@ -18,9 +18,9 @@
 # `python -m npmaskrcnn train`.
 
 # %%
-from npmaskrcnn.runtime import single_threaded_env
+from npmaskrcnn.runtime import as_the_cli_trains
 
-single_threaded_env()              # one BLAS thread per process, as the CLI trains (runtime.py)
+as_the_cli_trains()                # one BLAS thread per process, as the CLI trains (runtime.py)
 
 import os  # noqa: E402
 import time  # noqa: E402
