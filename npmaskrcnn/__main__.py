@@ -99,6 +99,9 @@ def add_evaluate_args(p):
     p.add_argument("--num-images", type=int, default=500, help="shapes images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=VAL_SEED,
                    help="seed of the shapes images (default: %(default)s, disjoint from training's 0)")
+    p.add_argument("--shapes", choices=("gentle", "hard"),
+                   help="generator settings of the shapes images (default: those the model was "
+                        "trained on, its Config.shapes; shapes.GENTLE / HARD)")
     p.add_argument("--batch-size", type=int, default=8, help="images per predict call")
     p.add_argument("--results", metavar="PATH", help="write the COCO results JSON here")
     p.add_argument("--json", metavar="PATH", help="write the metrics as JSON here")

@@ -11,6 +11,7 @@ Naming:
     dataset     ShapesDataset or CocoDataset: dataset[i] -> (image, target)
 """
 
+import dataclasses
 import os
 import sys
 import time
@@ -173,6 +174,8 @@ def cmd_evaluate(args):
     checks.at_least(args.batch_size, 1, "--batch-size")
     checks.at_least(args.seed, 0, "--seed")
     checks.only_with(args.images, "--images", "--data", args.data)
+    if args.data is not None and args.shapes is not None:
+        raise UsageError("--shapes: only meaningful without --data (it sets the shapes generator)")
     model = load_predictor(args)
     for path, arg in ((args.results, "--results"), (args.json, "--json")):
         if path is not None:
@@ -185,8 +188,10 @@ def cmd_evaluate(args):
                              f"the model has {model.config.num_classes} {model.class_names}")
         source = args.data
     else:
-        dataset = default_dataset(model.config, args.num_images, args.seed)
-        source = f"{args.num_images} shapes images, seed {args.seed}"
+        shapes = args.shapes or model.config.shapes
+        dataset = default_dataset(dataclasses.replace(model.config, shapes=shapes), args.num_images,
+                                  args.seed)
+        source = f"{args.num_images} shapes images ({shapes} settings), seed {args.seed}"
     print(f"evaluating {args.model} on {source}")
     t0 = time.perf_counter()
     predictions = predict_dataset(model, dataset, batch_size=args.batch_size,

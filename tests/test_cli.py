@@ -136,13 +136,40 @@ def test_train_prints_wall_time_and_model_path(capsys, tmp_path, tiny_json):
 
 def test_evaluate_prints_metrics_and_writes_json(capsys, trained, tmp_path):
     metrics, results = tmp_path / "m" / "metrics.json", tmp_path / "r" / "results.json"
-    code, out, _ = cli(capsys, "evaluate", "--model", trained / "model.npz", "--num-images", 4,
+    code, out, _ = cli(capsys, "evaluate", "--model", trained / "model.npz", "--num-images", 2,
                        "--json", metrics, "--results", results, "--no-progress")
     assert code == 0
     assert "bbox" in out and "segm" in out and "AP50" in out
     m = json.loads(metrics.read_text())
     assert set(m) == {"bbox", "segm"} and "AP" in m["segm"]
     assert isinstance(json.loads(results.read_text()), list)
+
+
+def test_evaluate_draws_the_shapes_settings_it_is_asked_for(capsys, tmp_path):
+    """Without --shapes: the model's own Config.shapes; --shapes hard: the hard generator (on
+    which the shipped model, trained on gentle shapes, scores differently)."""
+    from npmaskrcnn.checks import shipped_model_path
+    from npmaskrcnn.evaluate import evaluate_model
+    from npmaskrcnn.shapes import ShapesDataset
+
+    path = shipped_model_path()
+    model = load_model(path)
+    got = {}
+    for shapes in ("hard", None):
+        name = shapes or model.config.shapes
+        code, out, _ = cli(capsys, "evaluate", "--model", path, "--num-images", 2,
+                           *(["--shapes", shapes] if shapes else []), "--json", tmp_path / "m.json",
+                           "--no-progress")
+        assert code == 0 and f"({name} settings)" in out
+        expected = evaluate_model(model, ShapesDataset(2, seed=10_000, image_size=128,
+                                                       **ShapesDataset.named_settings(name, 128)))
+        got[name] = json.loads((tmp_path / "m.json").read_text())
+        for kind in ("bbox", "segm"):
+            assert got[name][kind]["AP"] == pytest.approx(expected[kind]["AP"], abs=1e-12)
+    assert got["hard"]["segm"]["AP"] != pytest.approx(got["gentle"]["segm"]["AP"], abs=0.01)
+    code, _, err = cli(capsys, "evaluate", "--model", path, "--data", tmp_path / "x.json",
+                       "--shapes", "hard")
+    assert code == 2 and "--shapes" in err
 
 
 def test_predict_writes_figure_and_detections(capsys, trained, png, tmp_path):
