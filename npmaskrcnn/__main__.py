@@ -138,13 +138,20 @@ def add_summary_args(p):
 
 
 def add_ablate_args(p):
-    p.add_argument("--steps", type=int, default=600, help="training steps per variant (default: %(default)s)")
-    p.add_argument("--stride", type=int, default=16, choices=(4, 8, 16, 32),
-                   help="the single feature stride the RoI heads pool from (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=600, help="training steps per model (default: %(default)s)")
+    p.add_argument("--seeds", default="0,1,2",
+                   help="comma-separated training seeds, each row trained once per seed (default: "
+                        "%(default)s); the table shows mean +- std")
+    p.add_argument("--stride", type=int, default=None, choices=(4, 8, 16, 32),
+                   help="train every chosen variant at this one RoI feature stride (a flat table) "
+                        "instead of the paper's sections (2b, 2c, aligned at 16; 2d at 32; 2e FPN)")
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of the variants (default: all; see ablate.VARIANTS)")
-    p.add_argument("--eval-images", type=int, default=200, help="held-out shapes images (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="training seed, the same for every variant")
+    p.add_argument("--eval-images", type=int, default=300, help="held-out shapes images (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="models trained at once, one process each on one core (default: the cores)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the table in --out / --save-dir if there is one")
     p.add_argument("--out", default=os.path.join("runs", "ablation"), help="run folder (default: %(default)s)")
     p.add_argument("--save-dir", default=None,
                    help="also write the table and the RoIAlign / RoIPool models here (the committed "

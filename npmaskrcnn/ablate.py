@@ -1,30 +1,37 @@
-"""Reproduce the paper's ablations on shapes: one switch at a time, same budget, same seed.
+"""Reproduce the paper's ablations (Mask R-CNN, Table 2) on shapes: one switch at a time, several
+seeds, the mean and spread of every row beside the paper's number.
 
-Mask R-CNN, Table 2: (b) sigmoid vs softmax mask loss, class-specific vs class-agnostic masks,
-(c) RoIPool vs RoIWarp vs RoIAlign (max vs average aggregation), (d) RoIPool vs RoIAlign at a
-coarse stride, where misalignment bites, (e) the MLP mask head vs the FCN. We also train RoIAlign without the half-pixel shift (aligned=False,
-the original implementation; detectron2's note on `aligned`). Every variant pools from a single
-coarse level (stride 16 by default, like the paper's C4 models; `--stride 32` for C5), and
-trains from the same seed for the same number of steps; held-out images give box and mask AP.
+The rows, each a model trained from scratch with one switch changed from the baseline (the
+paper's Mask R-CNN on shapes, `Config.paper()`, with one block per ResNet stage and RoI features
+pooled from one level):
+- 2b: sigmoid vs softmax mask loss; class-specific vs class-agnostic masks (stride 16)
+- 2c: RoIPool, RoIWarp (max, avg), RoIAlign (max, avg) at stride 16, the paper's C4 models
+- 2d: RoIPool vs RoIAlign at stride 32 (the C5 models, where misalignment bites), box and mask AP
+- 2e: the MLP mask head vs the FCN, pooling from every FPN level as the paper's FPN models
+- aligned: RoIAlign without and with the half-pixel shift (`aligned=False` is the original
+  implementation; torchvision's and detectron2's later versions added the shift)
+Every row is trained with each of `--seeds` for `--steps` steps and scored on `--eval-images`
+held-out images; the table shows mean +- standard deviation over the seeds (per-seed values in
+results.json). `--workers` processes (default one per core, each on one core) train at once.
 
-    python -m npmaskrcnn ablate --steps 600 --stride 16
+    python -m npmaskrcnn ablate                          # the whole table, into runs/ablation/
+    python -m npmaskrcnn ablate --variants roi_pool,roi_align --seeds 0
 
-Writes `OUT/results.json`, `OUT/results.md` (the table, beside the paper's numbers) and, for
-walkthrough 05, the RoIAlign and RoIPool models to `OUT/roi_align.npz` / `roi_pool.npz` (and all
-of it to `--save-dir` if given: the committed `data/ablation/` is made with `--save-dir data/ablation`).
+`--stride S` instead trains each chosen variant once per seed at the one stride S (the earlier,
+flat table). Writes OUT/results.json, OUT/results.md, OUT/ablation.png and, for walkthrough 05,
+the first seed's RoIAlign and RoIPool models at stride 16 (OUT/roi_align.npz, roi_pool.npz); all of
+it also to `--save-dir` (the committed data/ablation/ is made with `--save-dir data/ablation`).
 """
 
 import dataclasses
-import json
 import os
 import time
 
+import numpy as np
+
 from .checkpoint import save_model
-from .config import Config
-from .evaluate import evaluate_model
-from .config import VAL_SEED
-from .shapes import ShapesDataset
-from .train import train
+from .config import VAL_SEED, Config
+from .files import atomic_write, save_figure_atomic, write_json_atomic, write_text_atomic
 
 VARIANTS = {                        # name -> the one switch that differs from the baseline
     "roi_align": {},
@@ -37,75 +44,259 @@ VARIANTS = {                        # name -> the one switch that differs from t
     "softmax_masks": {"mask_loss": "softmax"},
     "class_agnostic_masks": {"class_agnostic_masks": True},
 }
+LEVELS = {4: (2,), 8: (3,), 16: (4,), 32: (5,), "fpn": (2, 3, 4, 5)}   # stride -> pooler levels
 
-# Mask R-CNN (He et al. 2017) Table 2, COCO minival mask AP / AP50 / AP75.
+# (section, variant, stride, row label); the first row of a section is its baseline
+TABLE = [
+    ("2b", "roi_align", 16, "sigmoid, class-specific"),
+    ("2b", "softmax_masks", 16, "softmax (multinomial)"),
+    ("2b", "class_agnostic_masks", 16, "sigmoid, class-agnostic"),
+    ("2c", "roi_align", 16, "RoIAlign avg"),
+    ("2c", "roi_align_max", 16, "RoIAlign max"),
+    ("2c", "roi_warp", 16, "RoIWarp avg"),
+    ("2c", "roi_warp_max", 16, "RoIWarp max"),
+    ("2c", "roi_pool", 16, "RoIPool"),
+    ("2d", "roi_align", 32, "RoIAlign, stride 32"),
+    ("2d", "roi_pool", 32, "RoIPool, stride 32"),
+    ("2e", "roi_align", "fpn", "FCN mask head (FPN)"),
+    ("2e", "mlp_mask_head", "fpn", "MLP mask head (FPN)"),
+    ("aligned", "roi_align", 16, "aligned=True"),
+    ("aligned", "roi_align_unaligned", 16, "aligned=False"),
+]
+SECTIONS = {"2b": "Table 2b: mask loss and class-specific masks (stride 16)",
+            "2c": "Table 2c: RoI layers (stride 16)",
+            "2d": "Table 2d: RoIPool vs RoIAlign at stride 32, box and mask AP",
+            "2e": "Table 2e: mask head (every FPN level)",
+            "aligned": "RoIAlign's half-pixel shift (not in the paper; stride 16)"}
+
+# Mask R-CNN (He et al. 2017), Table 2 (and the text of section 4.2 for class-agnostic masks):
+# COCO minival AP, AP50, AP75 of the masks ("segm") and, in 2d, of the boxes ("bbox").
 PAPER = {
-    16: {"roi_align": "30.3 / 51.2 / 31.5 (2c, C4)", "roi_pool": "26.9 / 48.8 / 26.4 (2c, C4)",
-         "roi_align_max": "30.2 / 51.0 / 31.8 (2c, C4)", "softmax_masks": "24.8 / 44.1 / 25.1 (2b)",
-         "class_agnostic_masks": "29.7 AP (2b)", "roi_warp": "27.1 AP (2c, C4)",
-         "roi_warp_max": "27.2 AP (2c, C4)", "mlp_mask_head": "31.5 AP vs FCN 33.6 (2e, FPN)"},
-    32: {"roi_align": "30.9 / 51.8 / 32.1 (2d, C5)", "roi_pool": "23.6 / 46.5 / 21.6 (2d, C5)"},
+    ("2b", "roi_align"): {"segm": (30.3, 51.2, 31.5)},
+    ("2b", "softmax_masks"): {"segm": (24.8, 44.1, 25.1)},
+    ("2b", "class_agnostic_masks"): {"segm": (29.7,)},
+    ("2c", "roi_align"): {"segm": (30.3, 51.2, 31.5)},
+    ("2c", "roi_align_max"): {"segm": (30.2, 51.0, 31.8)},
+    ("2c", "roi_warp"): {"segm": (27.1,)},
+    ("2c", "roi_warp_max"): {"segm": (27.2,)},
+    ("2c", "roi_pool"): {"segm": (26.9, 48.8, 26.4)},
+    ("2d", "roi_align"): {"segm": (30.9, 51.8, 32.1), "bbox": (34.0, 55.3, 36.4)},
+    ("2d", "roi_pool"): {"segm": (23.6, 46.5, 21.6), "bbox": (28.2, 52.7, 26.9)},
+    ("2e", "roi_align"): {"segm": (33.6,)},
+    ("2e", "mlp_mask_head"): {"segm": (31.5,)},
 }
+METRICS = ("AP", "AP50", "AP75")
 
 
 def base_config(steps, stride, seed):
     """The ablation network: the paper's Mask R-CNN on shapes (Config.paper()) with one block per
-    stage (to fit six runs in the budget of one), RoI features from the single level of the
-    given stride, and the whole batch as one gradient shard."""
-    level = {4: 2, 8: 3, 16: 4, 32: 5}[stride]
-    return Config.paper(stage_blocks=(1, 1, 1, 1), train_steps=steps, seed=seed, pooler_levels=(level,),
-                        warmup_steps=min(200, steps // 4), grad_shards=1)
+    stage (to fit many runs in the budget of one), RoI features from the level(s) of `stride`
+    (4, 8, 16, 32 or "fpn"), and the whole batch as one gradient shard."""
+    return Config.paper(stage_blocks=(1, 1, 1, 1), train_steps=steps, seed=seed,
+                        pooler_levels=LEVELS[stride], warmup_steps=min(200, steps // 4),
+                        grad_shards=1)
 
 
-def results_table(results, stride):
-    """Markdown table of the results beside the paper's numbers."""
-    paper = PAPER.get(stride, {})
-    lines = ["| variant | box AP | box AP50 | box AP75 | mask AP | mask AP50 | mask AP75 | train s | "
-             "paper mask AP / AP50 / AP75 |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        b, s = r["bbox"], r["segm"]
-        lines.append(f"| {name} | {100 * b['AP']:.1f} | {100 * b['AP50']:.1f} | {100 * b['AP75']:.1f} | "
-                     f"{100 * s['AP']:.1f} | {100 * s['AP50']:.1f} | {100 * s['AP75']:.1f} | "
-                     f"{r['train_seconds']:.0f} | {paper.get(name, '—')} |")
-    return "\n".join(lines)
+def run_key(variant, stride):
+    return f"{variant}@{stride}"
+
+
+def train_and_score(variant, stride, seed, steps, eval_images, run_dir):
+    """Train one row with one seed and score it; returns {"bbox"/"segm": {AP, AP50, AP75},
+    "train_seconds"} and the model. Runs in a worker process of `run`."""
+    from .batches import default_dataset
+    from .evaluate import evaluate_model
+    from .train import train
+
+    cfg = dataclasses.replace(base_config(steps, stride, seed), **VARIANTS[variant])
+    t0 = time.perf_counter()
+    model, _ = train(cfg, run_dir, checkpoint_every=0, progress=False)
+    seconds = time.perf_counter() - t0
+    metrics = evaluate_model(model, default_dataset(cfg, eval_images, VAL_SEED))
+    out = {t: {k: float(metrics[t][k]) for k in METRICS} for t in ("bbox", "segm")}
+    return dict(out, train_seconds=seconds), model
+
+
+def _job(variant, stride, seed, steps, eval_images, run_dir, model_path):
+    result, model = train_and_score(variant, stride, seed, steps, eval_images, run_dir)
+    if model_path is not None:
+        save_model(model, model_path)
+    return result
+
+
+def summarize(per_seed):
+    """Mean and standard deviation (ddof 1; 0 for one seed) over seeds of every metric."""
+    mean, std = {}, {}
+    for t in ("bbox", "segm"):
+        v = np.array([[r[t][k] for k in METRICS] for r in per_seed.values()])
+        mean[t] = dict(zip(METRICS, v.mean(0).tolist()))
+        std[t] = dict(zip(METRICS, (v.std(0, ddof=1) if len(v) > 1 else 0 * v[0]).tolist()))
+    return mean, std
+
+
+def plan(variants, stride):
+    """The table's rows for the chosen variants: the paper's sections, or one flat section at
+    `stride` when it is given. Each row is (section, variant, stride, label)."""
+    if stride is not None:
+        return [("flat", v, stride, v) for v in variants]
+    return [row for row in TABLE if row[1] in variants]
+
+
+def _cell(run, t, k):
+    """Mean +- std over the seeds; the one value when there is one seed."""
+    cell = f"{100 * run['mean'][t][k]:.1f}"
+    return cell + f" ± {100 * run['std'][t][k]:.1f}" if len(run["per_seed"]) > 1 else cell
+
+
+def paper_numbers(section, variant, stride, t="segm"):
+    """The paper's (AP, AP50, AP75) or (AP,) of a row, None where it has none. A row of the flat
+    table (`--stride`) takes the numbers of the paper's row with the same variant and stride."""
+    if section == "flat":
+        section = next((sec for sec, v, st, _ in TABLE if v == variant and st == stride), None)
+    return PAPER.get((section, variant), {}).get(t)
+
+
+def _paper(section, variant, stride, t):
+    p = paper_numbers(section, variant, stride, t)
+    return " / ".join(f"{x:.1f}" for x in p) if p else "—"
+
+
+def results_markdown(rows, runs, header):
+    """The table, one block per section: mean +- std (over seeds) of box and mask AP / AP50 / AP75 beside the
+    paper's numbers, and each row's difference from its section's first row (ours, the paper's)."""
+    out = [header]
+    for section in dict.fromkeys(r[0] for r in rows):
+        sec = [r for r in rows if r[0] == section]
+        base = runs[run_key(sec[0][1], sec[0][2])]["mean"]
+        base_paper = paper_numbers(section, sec[0][1], sec[0][2])
+        out += ["", f"### {SECTIONS.get(section, f'every variant at stride {sec[0][2]}')}", "",
+                "| row | box AP | box AP50 | box AP75 | mask AP | mask AP50 | mask AP75 | "
+                "Δ mask AP | paper mask AP / AP50 / AP75 | paper box AP / AP50 / AP75 | paper Δ mask AP |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for _, variant, stride, label in sec:
+            r = runs[run_key(variant, stride)]
+            m = r["mean"]
+            paper = paper_numbers(section, variant, stride)
+            d_paper = f"{paper[0] - base_paper[0]:+.1f}" if paper and base_paper else "—"
+            out.append(f"| {label} | " + " | ".join(_cell(r, t, k) for t in ("bbox", "segm")
+                                                      for k in METRICS)
+                       + f" | {100 * (m['segm']['AP'] - base['segm']['AP']):+.1f} | "
+                       f"{_paper(section, variant, stride, 'segm')} | {_paper(section, variant, stride, 'bbox')} | "
+                       f"{d_paper} |")
+    return "\n".join(out) + "\n"
+
+
+def ablation_figure(rows, runs):
+    """Bars of mask AP (mean, error bar = std over seeds) per section, with the paper's difference
+    from the section's first row written beside ours. matplotlib.figure.Figure, no pyplot."""
+    from matplotlib.figure import Figure
+
+    sections = list(dict.fromkeys(r[0] for r in rows))
+    fig = Figure(figsize=(3.2 * len(sections) + 1, 4.6), layout="constrained")
+    axes = fig.subplots(1, len(sections), squeeze=False)[0]
+    for ax, section in zip(axes, sections):
+        sec = [r for r in rows if r[0] == section]
+        mean = [100 * runs[run_key(v, st)]["mean"]["segm"]["AP"] for _, v, st, _ in sec]
+        std = [100 * runs[run_key(v, st)]["std"]["segm"]["AP"] for _, v, st, _ in sec]
+        x = np.arange(len(sec))
+        ax.bar(x, mean, yerr=std, capsize=4, color="tab:blue", alpha=0.8)
+        base_paper = paper_numbers(section, sec[0][1], sec[0][2])
+        for i, (_, v, st, _) in enumerate(sec):
+            paper = paper_numbers(section, v, st)
+            text = f"ours {mean[i] - mean[0]:+.1f}"
+            if paper and base_paper:
+                text += f"\npaper {paper[0] - base_paper[0]:+.1f}"
+            if i == 0:
+                text = "baseline"
+            ax.text(i, mean[i] + std[i] + 1, text, ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x, [r[3] for r in sec], rotation=35, ha="right", fontsize=8)
+        ax.set_ylim(0, max(m + s for m, s in zip(mean, std)) * 1.25 + 5)
+        ax.set_title(section if section != "flat" else f"stride {sec[0][2]}", fontsize=10)
+        n = len(runs[run_key(sec[0][1], sec[0][2])]["per_seed"])
+        ax.set_ylabel((f"mask AP (mean ± std of {n} seeds)" if n > 1 else "mask AP (one seed)")
+                      if ax is axes[0] else "")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Table 2 on shapes: Δ = difference from each panel's first bar", fontsize=10)
+    return fig
 
 
 def run(args, log):
-    """The `ablate` command: train and score each variant, write the table. `log` prints progress."""
+    """The `ablate` command: train and score every row with every seed, write the table. `log`
+    prints progress."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .parallel import _main_module_hidden
+    from .runtime import single_threaded_children
+
     names = [n.strip() for n in (args.variants or ",".join(VARIANTS)).split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"--variants: unknown {unknown}; expected names from {list(VARIANTS)}")
     if args.steps < 1:
         raise ValueError(f"--steps: expected a positive number, got {args.steps}")
-    os.makedirs(args.out, exist_ok=True)
+    if args.eval_images < 1:
+        raise ValueError(f"--eval-images: expected a positive number, got {args.eval_images}")
+    try:
+        seeds = sorted({int(s) for s in args.seeds.split(",") if s.strip()})
+    except ValueError:
+        raise ValueError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+    if not seeds or seeds[0] < 0:
+        raise ValueError(f"--seeds: expected integers >= 0, got {args.seeds!r}")
+    rows = plan(names, args.stride)
+    if not rows:
+        raise ValueError(f"--variants: {names} are in no row of the table (see ablate.TABLE)")
     save_dir = args.save_dir or args.out
-    os.makedirs(save_dir, exist_ok=True)
-    base = base_config(args.steps, args.stride, args.seed)
-    val = ShapesDataset(args.eval_images, seed=VAL_SEED, image_size=base.image_size)
-    results = {}
-    for name in names:
-        cfg = dataclasses.replace(base, **VARIANTS[name])
-        t0 = time.perf_counter()
-        model, _ = train(cfg, os.path.join(args.out, name), checkpoint_every=0, progress=False)
-        seconds = time.perf_counter() - t0
-        metrics = evaluate_model(model, val)
-        results[name] = {"config": VARIANTS[name], "train_seconds": seconds,
-                         **{t: {k: metrics[t][k] for k in ("AP", "AP50", "AP75")} for t in ("bbox", "segm")}}
-        log(f"{name}: box AP {100 * metrics['bbox']['AP']:.1f}, mask AP {100 * metrics['segm']['AP']:.1f} "
-              f"/ {100 * metrics['segm']['AP50']:.1f} / {100 * metrics['segm']['AP75']:.1f} "
-              f"({seconds:.0f} s)")
-        if name in ("roi_align", "roi_pool"):
-            save_model(model, os.path.join(save_dir, f"{name}.npz"))
-    table = results_table(results, args.stride)
-    header = (f"Ablation on shapes: {args.steps} steps per variant, seed {args.seed}, RoI features at "
-              f"stride {args.stride}, {args.eval_images} held-out images (seed {VAL_SEED}).\n"
-              f"Command: python -m npmaskrcnn ablate --steps {args.steps} --stride {args.stride}\n\n")
     for folder in {args.out, save_dir}:
-        with open(os.path.join(folder, "results.json"), "w") as f:
-            json.dump({"steps": args.steps, "stride": args.stride, "seed": args.seed,
-                       "eval_images": args.eval_images, "results": results}, f, indent=1)
-        with open(os.path.join(folder, "results.md"), "w") as f:
-            f.write(header + table + "\n")
+        if os.path.exists(os.path.join(folder, "results.json")) and not args.overwrite:
+            raise ValueError(f"--out/--save-dir: {folder} already holds an ablation table; "
+                             f"choose another folder or replace it with --overwrite")
+        os.makedirs(folder, exist_ok=True)
+    keys = list(dict.fromkeys((v, st) for _, v, st, _ in rows))
+    workers = max(1, min(args.workers or os.cpu_count() or 1, len(keys) * len(seeds)))
+    jobs = {}
+    with single_threaded_children(), _main_module_hidden(), \
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for v, st in keys:                 # each worker process trains on one core
+            for seed in seeds:
+                keep = (st == (args.stride or 16) and v in ("roi_align", "roi_pool")
+                        and seed == seeds[0])   # the models walkthrough 05 compares
+                jobs[v, st, seed] = pool.submit(
+                    _job, v, st, seed, args.steps, args.eval_images,
+                    os.path.join(args.out, run_key(v, st), f"seed{seed}"),
+                    os.path.join(args.out, f"{v}.npz") if keep else None)
+        runs = {}
+        for v, st in keys:
+            per_seed = {}
+            for seed in seeds:
+                per_seed[str(seed)] = r = jobs[v, st, seed].result()
+                log(f"{run_key(v, st)} seed {seed}: box AP {100 * r['bbox']['AP']:.1f}, mask AP "
+                    f"{100 * r['segm']['AP']:.1f} / {100 * r['segm']['AP50']:.1f} / "
+                    f"{100 * r['segm']['AP75']:.1f} ({r['train_seconds']:.0f} s)")
+            mean, std = summarize(per_seed)
+            runs[run_key(v, st)] = {"variant": v, "stride": st, "config": VARIANTS[v],
+                                    "per_seed": per_seed, "mean": mean, "std": std}
+    command = ("python -m npmaskrcnn ablate" + f" --steps {args.steps} --seeds {','.join(map(str, seeds))}"
+               f" --eval-images {args.eval_images}" + (f" --stride {args.stride}" if args.stride else "")
+               + (f" --variants {','.join(names)}" if args.variants else "")
+               + (f" --save-dir {args.save_dir}" if args.save_dir else ""))
+    header = (f"Ablation on shapes: {args.steps} steps per model, seeds {seeds}, "
+              f"{args.eval_images} held-out images (seed {VAL_SEED}); mean ± std over the seeds.\n"
+              f"Command: {command}")
+    table = results_markdown(rows, runs, header)
+    fig = ablation_figure(rows, runs)
+    result = {"command": command, "steps": args.steps, "seeds": seeds,
+              "eval_images": args.eval_images, "rows": [list(r) for r in rows], "runs": runs}
+    for folder in dict.fromkeys([args.out, save_dir]):
+        write_json_atomic(result, os.path.join(folder, "results.json"))
+        write_text_atomic(table, os.path.join(folder, "results.md"))
+        save_figure_atomic(fig, os.path.join(folder, "ablation.png"))
+        if folder != args.out:
+            for v in ("roi_align", "roi_pool"):
+                src = os.path.join(args.out, f"{v}.npz")
+                if os.path.isfile(src):
+                    with open(src, "rb") as f:
+                        data = f.read()
+                    atomic_write(os.path.join(folder, f"{v}.npz"), lambda g: g.write(data))
     log(table)
     return 0

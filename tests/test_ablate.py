@@ -1,34 +1,109 @@
-"""The ablation runner: one switch per variant, a table, the two models walkthrough 05 loads."""
-
 import json
 import os
 
+import numpy as np
+import pytest
+
 from npmaskrcnn.__main__ import main
-from npmaskrcnn.ablate import VARIANTS, base_config
+from npmaskrcnn.ablate import (PAPER, TABLE, VARIANTS, ablation_figure, base_config, plan,
+                               results_markdown, run_key, summarize)
 
 
-def test_ablate_trains_each_variant_and_writes_the_table(tmp_path):
+def test_ablate_trains_each_variant_per_seed_and_writes_the_table(tmp_path, capsys):
     out, save = tmp_path / "runs", tmp_path / "save"
-    code = main(["ablate", "--steps", "2", "--variants", "roi_align,roi_pool", "--eval-images", "2",
-                 "--out", str(out), "--save-dir", str(save)])
-    assert code == 0
-    results = json.loads((save / "results.json").read_text())["results"]
-    assert set(results) == {"roi_align", "roi_pool"}
-    for r in results.values():
-        assert 0.0 <= r["segm"]["AP"] <= 1.0 and r["train_seconds"] > 0
+    argv = ["ablate", "--steps", "2", "--seeds", "0,1", "--stride", "16", "--variants",
+            "roi_align,roi_pool", "--eval-images", "2", "--workers", "2", "--out", str(out),
+            "--save-dir", str(save)]
+    assert main(argv) == 0
+    result = json.loads((save / "results.json").read_text())
+    assert result["seeds"] == [0, 1] and set(result["runs"]) == {"roi_align@16", "roi_pool@16"}
+    for r in result["runs"].values():
+        assert set(r["per_seed"]) == {"0", "1"}
+        for t in ("bbox", "segm"):
+            v = [r["per_seed"][s][t]["AP"] for s in ("0", "1")]
+            assert 0.0 <= min(v) and max(v) <= 1.0
+            assert r["mean"][t]["AP"] == pytest.approx(np.mean(v))
+            assert r["std"][t]["AP"] == pytest.approx(np.std(v, ddof=1))
     table = (save / "results.md").read_text()
-    assert "| roi_pool |" in table and "26.9 / 48.8 / 26.4" in table
-    assert os.path.isfile(save / "roi_align.npz") and os.path.isfile(save / "roi_pool.npz")
+    assert "| roi_pool |" in table and "26.9 / 48.8 / 26.4" in table and "±" in table
+    assert "--seeds 0,1" in table
+    for folder in (out, save):
+        assert (folder / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+        assert os.path.isfile(folder / "roi_align.npz") and os.path.isfile(folder / "roi_pool.npz")
+    # the two seeds are two different runs, each in its own folder
+    logs = [(out / "roi_align@16" / f"seed{s}" / "log.csv").read_text() for s in (0, 1)]
+    assert logs[0] != logs[1]
+    # a second run into the same folders refuses without --overwrite, and leaves the table
+    before = (save / "results.md").read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (save / "results.md").read_bytes() == before
 
 
-def test_ablate_refuses_an_unknown_variant(tmp_path, capsys):
-    code = main(["ablate", "--variants", "roi_wrap", "--out", str(tmp_path), "--save-dir", str(tmp_path)])
-    assert code == 2
-    assert "--variants" in capsys.readouterr().err
+def test_ablate_refuses_bad_arguments(tmp_path, capsys):
+    for extra, arg in ((["--variants", "roi_wrap"], "--variants"), (["--seeds", "0,x"], "--seeds"),
+                       (["--seeds", "-1"], "--seeds"), (["--eval-images", "0"], "--eval-images")):
+        code = main(["ablate", *extra, "--out", str(tmp_path), "--save-dir", str(tmp_path)])
+        assert code == 2
+        assert arg in capsys.readouterr().err
 
 
 def test_variants_differ_from_the_baseline_in_one_switch():
     base = base_config(10, 16, 0)
     assert base.pooler_levels == (4,)
+    assert base_config(10, 32, 0).pooler_levels == (5,)
+    assert base_config(10, "fpn", 0).pooler_levels == (2, 3, 4, 5)
     for name, switch in VARIANTS.items():
         assert len(switch) <= 1, name
+
+
+def test_the_table_has_every_row_the_issue_names():
+    rows = {(sec, v, st) for sec, v, st, _ in TABLE}
+    assert {("2c", v, 16) for v in ("roi_pool", "roi_warp", "roi_warp_max", "roi_align",
+                                    "roi_align_max")} <= rows
+    assert {("2b", "softmax_masks", 16), ("2b", "class_agnostic_masks", 16),
+            ("2d", "roi_pool", 32), ("2d", "roi_align", 32), ("2e", "mlp_mask_head", "fpn"),
+            ("2e", "roi_align", "fpn"), ("aligned", "roi_align_unaligned", 16)} <= rows
+    # each section's first row is its baseline: RoIAlign avg, sigmoid, class-specific, FCN
+    firsts = {}
+    for sec, v, st, _ in TABLE:
+        firsts.setdefault(sec, v)
+    assert set(firsts.values()) == {"roi_align"}
+    assert PAPER["2d", "roi_pool"]["bbox"][0] == 28.2 and PAPER["2c", "roi_pool"]["segm"][0] == 26.9
+    # a subset of variants keeps only their rows, in the table's order
+    assert [r[:3] for r in plan(["roi_pool"], None)] == [("2c", "roi_pool", 16), ("2d", "roi_pool", 32)]
+
+
+def fake_runs(rows, values):
+    """Runs with two seeds whose mask AP are values[key] +- 0.01 (box AP half of it)."""
+    runs = {}
+    for _, v, st, _ in rows:
+        ap = values[run_key(v, st)]
+        per_seed = {s: {t: {k: (ap + d) * (1.0 if t == "segm" else 0.5) for k in ("AP", "AP50", "AP75")}
+                        for t in ("bbox", "segm")} for s, d in (("0", -0.01), ("1", 0.01))}
+        mean, std = summarize(per_seed)
+        runs[run_key(v, st)] = {"per_seed": per_seed, "mean": mean, "std": std}
+    return runs
+
+
+def test_table_shows_mean_std_and_both_differences_by_hand():
+    rows = plan(["roi_align", "roi_pool"], None)
+    runs = fake_runs(rows, {"roi_align@16": 0.80, "roi_pool@16": 0.70, "roi_align@32": 0.75,
+                            "roi_pool@32": 0.60, "roi_align@fpn": 0.9})
+    assert runs["roi_pool@16"]["std"]["segm"]["AP"] == pytest.approx(np.std([0.69, 0.71], ddof=1))
+    md = results_markdown(rows, runs, "header")
+    line = next(x for x in md.splitlines() if x.startswith("| RoIPool |"))
+    # mean +- std of mask AP 70.0 +- 1.4, ours -10.0 from RoIAlign, the paper's 26.9 - 30.3 = -3.4
+    assert "| 70.0 ± 1.4 |" in line and "| -10.0 |" in line and line.endswith("| -3.4 |")
+    line32 = next(x for x in md.splitlines() if x.startswith("| RoIPool, stride 32 |"))
+    assert "| 28.2 / 52.7 / 26.9 |" in line32 and "-15.0" in line32 and line32.endswith("| -7.3 |")
+    assert "### Table 2d" in md and "### Table 2e" in md
+    fig = ablation_figure(rows, runs)
+    assert len(fig.axes) == len({r[0] for r in rows})
+
+
+def test_summarize_one_seed_has_zero_spread():
+    per_seed = {"0": {t: {"AP": 0.5, "AP50": 0.7, "AP75": 0.4} for t in ("bbox", "segm")}}
+    mean, std = summarize(per_seed)
+    assert mean["segm"]["AP50"] == 0.7 and std["segm"]["AP"] == 0.0

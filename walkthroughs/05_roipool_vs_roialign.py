@@ -536,8 +536,8 @@ save_figure(fig, "05_aligned_half_pixel")
 # (max) and 27.1 / 27.1 (avg), RoIAlign 30.2 / 31.8 (max) and 30.3 / 31.5 (avg); at stride 32
 # (Table 2d) the gap grows: 23.6 / 21.6 against 30.9 / 32.1. Here: two shapes models that differ
 # only in `Config.pooler`, trained by
-# `python -m npmaskrcnn ablate` into `data/ablation/` (RoI features at stride 16, 500 steps: short
-# runs, so both are rough). Their best detections (as many as there are objects) on the same
+# `python -m npmaskrcnn ablate --steps 500 --stride 16 --seeds 0 --eval-images 200 --save-dir
+# data/ablation` (RoI features at stride 16, 500 steps: short runs, so both are rough). Their best detections (as many as there are objects) on the same
 # images — look at how RoIPool's masks leak past the shapes' edges:
 
 # %%
@@ -554,7 +554,9 @@ def compare_models(paths, n_images=3, seed=2024):
     missing = [p for p in paths.values() if not os.path.isfile(p)]
     if missing:
         print("skipping the model comparison: missing", ", ".join(missing))
-        print("make the two models with:  python -m npmaskrcnn ablate")
+        print("make the two models with:  python -m npmaskrcnn ablate --steps 500 --variants "
+              "roi_align,roi_pool "
+              "--stride 16 --seeds 0 --save-dir data/ablation")
         return None
     from npmaskrcnn.checkpoint import load_model
     from npmaskrcnn.shapes import ShapesDataset
@@ -575,8 +577,8 @@ def compare_models(paths, n_images=3, seed=2024):
             viz.draw_instances(axes[i, j], images[i], det["boxes"][keep], det["labels"][keep],
                                det["masks"][keep], det["scores"][keep], class_names=model.class_names,
                                title=title if i == 0 else None)
-    fig.suptitle("Two weak models (500 steps from scratch, RoI features at stride 16 only; mask AP "
-                 "~15, see docs/results.md): wrong classes are expected —\nlook at how well each mask "
+    fig.suptitle("Two weak models (500 steps from scratch, RoI features at stride 16 only; mask AP 10 "
+                 "and 16, see docs/results.md): wrong classes are expected —\nlook at how well each mask "
                  "fits its object, the one thing the pooler changes", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, "05_ablation_masks")
