@@ -237,3 +237,42 @@ def test_paste_is_torchvisions_given_the_same_masks_and_boxes(models):
     theirs = paste_masks_in_image(torch.from_numpy(probs[:, None]), torch.from_numpy(boxes), (h, w)).numpy()
     ours = paste_masks_torchvision(probs, boxes, (h, w))
     assert np.abs(ours - theirs[:, 0]).max() < 1e-6
+
+
+def test_import_and_export_commands_round_trip(models, tmp_path):
+    from npmaskrcnn.__main__ import main
+    from npmaskrcnn.checkpoint import load_model
+    from npmaskrcnn.config import COCO_CATEGORY_NAMES
+
+    tv32, ours32 = models[np.float32]
+    state = tv32.state_dict()
+    # the legacy spellings torchvision still loads: FPN, RPN conv and mask head before _version 2
+    legacy = {k.replace("fpn.inner_blocks.1.0.", "fpn.inner_blocks.1.").replace("rpn.head.conv.0.0.", "rpn.head.conv.")
+              .replace("roi_heads.mask_head.0.0.", "roi_heads.mask_head.mask_fcn1."): v for k, v in state.items()}
+    assert "roi_heads.mask_head.mask_fcn1.weight" in legacy
+    torch.save(legacy, tmp_path / "coco.pth")
+    assert main(["import-torchvision", str(tmp_path / "coco.pth"), "--out", str(tmp_path / "coco.npz")]) == 0
+    loaded = load_model(tmp_path / "coco.npz")                # no torch, no pickle
+    assert loaded.class_names == COCO_CATEGORY_NAMES and loaded.config.bn_eps == 1e-5
+    for (k, a), (_, b) in zip(loaded.named_params(), ours32.named_params()):
+        assert np.array_equal(a, b), k
+    torch.save({"model": state, "epoch": 3}, tmp_path / "train_checkpoint.pth")   # references' layout
+    assert main(["import-torchvision", str(tmp_path / "train_checkpoint.pth"), "--out",
+                 str(tmp_path / "b.npz"), "--bn-eps", "0"]) == 0
+    assert load_model(tmp_path / "b.npz").config.bn_eps == 0.0
+    torch.save({"backbone.body.fc.weight": torch.zeros(2)}, tmp_path / "bad.pth")
+    assert main(["import-torchvision", str(tmp_path / "bad.pth"), "--out", str(tmp_path / "c.npz")]) == 2
+
+    assert main(["export-torchvision", str(tmp_path / "coco.npz"), "--out", str(tmp_path / "back.pth")]) == 0
+    back = torch.load(tmp_path / "back.pth", weights_only=True)
+    fresh = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
+    fresh.load_state_dict(back)                                # strict: every key, every shape
+    for k, v in state.items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        w = back[k] if "mask_fcn_logits" not in k else back[k][1:]
+        assert torch.equal(w, v if "mask_fcn_logits" not in k else v[1:]), k
+    image = to_tensor(photo("oddP5"), torch.float32)
+    with torch.no_grad():
+        a, b = fresh([image])[0], tv32([image])[0]
+    assert len(a["boxes"]) > 0 and torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
