@@ -44,6 +44,8 @@ class MaskRCNN(Module):
     """Mask R-CNN with a ResNet+FPN backbone. `MaskRCNN(Config(), class_names)`.
 
     roi_sampler, extra_training_rois: handed to RoIHeads (None: the paper's sampling).
+    class_names None: the shapes names for 3 classes, torchvision's COCO names for 90
+    (`Config.torchvision_r50_fpn`, whose labels are COCO category ids), else class1, class2, ...
     """
 
     def __init__(self, config=None, class_names=None, roi_sampler=None, extra_training_rois=None):

@@ -58,22 +58,23 @@ _OURS_TO_THEIRS = ((re.compile(r"^backbone\.body\.stem\.0\."), "backbone.body.co
 MASK_LOGITS = "roi_heads.mask_predictor.mask_fcn_logits."
 
 
+def _rename(rules, name):
+    """name rewritten by the first (pattern, replacement) of rules that matches it, else as is."""
+    for pattern, repl in rules:
+        new, n = pattern.subn(repl, name)
+        if n:
+            return new
+    return name
+
+
 def canonical_key(key):
     """A torchvision key in today's spelling (legacy FPN, RPN and mask-head names renamed)."""
-    for pattern, repl in _LEGACY:
-        key, n = pattern.subn(repl, key)
-        if n:
-            return key
-    return key
+    return _rename(_LEGACY, key)
 
 
 def torchvision_name(ours):
     """The torchvision state-dict key of one of our parameter names."""
-    for pattern, repl in _OURS_TO_THEIRS:
-        theirs, n = pattern.subn(repl, ours)
-        if n:
-            return theirs
-    return ours
+    return _rename(_OURS_TO_THEIRS, ours)
 
 
 def check_exportable(cfg):
@@ -138,13 +139,13 @@ def from_torchvision(state, model):
             raise ValueError(f"state dict key {key!r}: not a parameter of torchvision's "
                              f"maskrcnn_resnet50_fpn (v1) with {model.config.num_classes + 1} outputs")
         ours = wanted[theirs]
-        v = np.asarray(value)
+        v, shape = np.asarray(value), own[ours].shape
+        if ours.startswith(MASK_LOGITS):                       # theirs has the background channel
+            shape = (shape[0] + 1,) + shape[1:]
+        if v.shape != shape:
+            raise ValueError(f"state dict key {key!r}: expected shape {shape}, got {v.shape}")
         if ours.startswith(MASK_LOGITS):
             v = v[1:]                                           # drop the background channel
-        if v.shape != own[ours].shape:
-            raise ValueError(f"state dict key {key!r}: expected shape "
-                             f"{own[ours].shape if not ours.startswith(MASK_LOGITS) else (own[ours].shape[0] + 1,) + own[ours].shape[1:]}, "
-                             f"got {np.asarray(value).shape}")
         if not np.all(np.isfinite(v)):
             raise ValueError(f"state dict key {key!r}: holds NaN or inf")
         own[ours][...] = v
