@@ -101,10 +101,13 @@ def test_state_dict_round_trip_and_layout(r50):
     assert state["roi_heads.mask_predictor.conv5_mask.weight"].shape == (256, 256, 2, 2)
     logits = state["roi_heads.mask_predictor.mask_fcn_logits.weight"]
     assert logits.shape == (91, 256, 1, 1) and not logits[0].any()     # background channel: zeros
-    other = MaskRCNN(Config.torchvision_r50_fpn(seed=1))
-    tw.from_torchvision(state, other)
-    for (k, a), (_, b) in zip(r50.named_params(), other.named_params()):
-        assert np.array_equal(a, b), k
+    before = {k: v.copy() for k, v in r50.named_params()}
+    state = {k: v.copy() for k, v in state.items()}
+    for _, v in r50.named_params():
+        v.fill(7.0)
+    tw.from_torchvision(state, r50)
+    for k, v in r50.named_params():
+        assert np.array_equal(v, before[k]), k
 
 
 def test_legacy_key_spellings_and_batch_norm_counters(r50):
@@ -118,10 +121,12 @@ def test_legacy_key_spellings_and_batch_norm_counters(r50):
     assert tw.canonical_key("roi_heads.mask_head.mask_fcn1.bias") == "roi_heads.mask_head.0.0.bias"
     legacy["backbone.body.bn1.num_batches_tracked"] = np.array(3)
     assert tw.guess_bn_eps(legacy) == 1e-5 and tw.guess_bn_eps(state) == 0.0
-    other = MaskRCNN(Config.torchvision_r50_fpn(seed=2))
-    tw.from_torchvision(legacy, other)
-    np.testing.assert_array_equal(other.roi_heads.mask_head.convs.children["2"].children["0"].params["weight"],
-                                  r50.roi_heads.mask_head.convs.children["2"].children["0"].params["weight"])
+    legacy = {k: v.copy() for k, v in legacy.items()}
+    conv = r50.roi_heads.mask_head.convs.children["2"].children["0"].params["weight"]
+    expected = conv.copy()
+    conv.fill(0)
+    tw.from_torchvision(legacy, r50)
+    np.testing.assert_array_equal(conv, expected)
 
 
 def test_import_errors_name_the_key(r50):
@@ -145,3 +150,18 @@ def test_export_refuses_the_shapes_models_naming_the_part(tmp_path, capsys):
     code = main(["export-torchvision", "data/shapes_maskrcnn.npz", "--out", str(tmp_path / "w.pth")])
     assert code == 2 and "BasicBlock" in capsys.readouterr().err
     assert not (tmp_path / "w.pth").exists()
+
+
+def test_preset_predicts_in_original_coordinates_with_coco_labels(r50):  # last: changes r50
+    # a small image resized up by the preset's own transform (min_size 64 here, to stay fast);
+    # score threshold 0 so that the random network's near-uniform softmax still yields detections
+    # (and 20 proposals: every (proposal, class) pair is then a candidate of the per-class NMS)
+    model = r50
+    model.update_config(("min_size", "max_size"), min_size=(64,), max_size=128)
+    model.set_inference(box_score_thresh=0.0, detections_per_img=5, rpn_post_nms_top_n_test=20)
+    image = np.random.default_rng(0).integers(0, 256, (30, 45, 3), dtype=np.uint8)
+    det = model.predict(image)[0]
+    assert len(det["boxes"]) == 5 and det["masks"].shape == (5, 30, 45) and det["masks"].dtype == bool
+    assert det["labels"].min() >= 1 and det["labels"].max() <= 90
+    assert det["boxes"].min() >= 0 and det["boxes"][:, 2].max() <= 45.5 and det["boxes"][:, 3].max() <= 30.5
+    assert np.all(np.diff(det["scores"]) <= 0)
