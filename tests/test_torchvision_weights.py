@@ -165,3 +165,41 @@ def test_preset_predicts_in_original_coordinates_with_coco_labels(r50):  # last:
     assert det["labels"].min() >= 1 and det["labels"].max() <= 90
     assert det["boxes"].min() >= 0 and det["boxes"][:, 2].max() <= 45.5 and det["boxes"][:, 3].max() <= 30.5
     assert np.all(np.diff(det["scores"]) <= 0)
+
+
+def test_whole_model_gradient_check_with_the_torchvision_options():
+    """Training through every torchvision option at tiny size: Bottlenecks with frozen BN (no
+    gradient for their statistics), torchvision's anchors, unaligned RoIAlign, the mask head
+    without norm. Checked as test_model.py checks the shapes model."""
+    from test_model import freeze_proposals, randomize, tiny_batch, total_loss
+
+    rng = np.random.default_rng(0)
+    cfg = Config.tiny(block="bottleneck", norm="frozen_bn", bn_eps=0.0, stage_channels=(8, 8, 16, 16),
+                      anchor_convention="torchvision", pooler="roi_align_unaligned", rpn_min_size=1e-3,
+                      mask_head_norm="none", mask_paste="torchvision")
+    model = MaskRCNN(cfg).astype(np.float64)
+    randomize(model, rng)
+    images, targets = tiny_batch()
+    freeze_proposals(model).n_images = len(images)
+    model.zero_grad()
+    _, losses = total_loss(model, images, targets)
+    assert losses["loss_mask"] > 0 and losses["loss_box_reg"] > 0 and losses["loss_rpn_box_reg"] > 0
+    model.backward()
+    grads, h = dict(model.named_grads()), 1e-5
+    frozen = {k for k, _ in model.named_params() if k.rsplit(".", 2)[-2].startswith("bn")
+              or ".downsample.1." in k or k.startswith("backbone.body.stem.1.")}
+    assert len(frozen) == 4 * (1 + 4 * 3 + 4)          # stem + 3 per block + 4 projections
+    assert all(not grads[k].any() for k in frozen)
+    trained = [(k, p) for k, p in model.named_params() if k not in frozen]
+    for name, p in trained[::2] + trained[-1:]:         # every other array (time), and the last
+        g = grads[name]
+        i = np.unravel_index(int(np.argmax(np.abs(g))), p.shape)
+        old = p[i]
+        p[i] = old + h
+        lp, _ = total_loss(model, images, targets)
+        p[i] = old - h
+        lm, _ = total_loss(model, images, targets)
+        p[i] = old
+        model.clear_caches()
+        num = (lp - lm) / (2 * h)
+        assert abs(num - g[i]) / max(abs(num) + abs(g[i]), 1e-4) < 1e-6, (name, num, g[i])
