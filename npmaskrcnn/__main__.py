@@ -7,9 +7,12 @@
     python -m npmaskrcnn summary                                # parameters and FLOPs per stage
     python -m npmaskrcnn ablate --steps 500                     # the paper's Table 2 on shapes
     python -m npmaskrcnn anchors --data instances.json          # do the anchors fit the objects?
+    python -m npmaskrcnn import-torchvision coco.pth --out coco.npz   # torchvision's COCO weights
+    python -m npmaskrcnn export-torchvision coco.npz --out coco.pth  # ... and back
 
 This file declares the arguments and dispatches: each subcommand is `add_<name>_args(parser)`
-here and `cmd_<name>(args) -> exit code` in `commands.py`. A user error (`checks.UsageError`)
+here and `cmd_<name>(args) -> exit code` in `commands.py` (`torchvision_cli.py` for the two
+torchvision commands). A user error (`checks.UsageError`)
 becomes one line on stderr naming the argument, and exit code 2. Heavy imports happen inside the
 commands, so `--help` needs only the standard library.
 """
@@ -29,6 +32,7 @@ from npmaskrcnn.commands import (VAL_IMAGES_DURING_TRAINING, cmd_ablate, cmd_anc
                                  cmd_demo, cmd_evaluate, cmd_predict, cmd_summary, cmd_train)
 from npmaskrcnn.checks import UsageError  # noqa: E402
 from npmaskrcnn.config import ADDITION_INFERENCE_FIELDS, PAPER_INFERENCE_FIELDS, VAL_SEED  # noqa: E402
+from npmaskrcnn.torchvision_cli import cmd_export_torchvision, cmd_import_torchvision  # noqa: E402
 
 DEFAULT_MODEL = checks.shipped_model_path()
 CLIError = UsageError                                      # the name earlier versions used
@@ -171,6 +175,21 @@ def add_anchors_args(p):
     p.add_argument("--out", metavar="FIG.png", help="also draw the fit (histogram, sizes, search)")
 
 
+def add_import_torchvision_args(p):
+    p.add_argument("weights", metavar="WEIGHTS", help="a torchvision maskrcnn_resnet50_fpn state dict "
+                   "(.pth, e.g. maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth; loaded with weights_only=True)")
+    p.add_argument("--out", required=True, metavar="MODEL.npz", help="the checkpoint to write")
+    p.add_argument("--bn-eps", type=float, default=None,
+                   help="the BatchNorm eps the weights run with (default: 0 for a file without "
+                        "num_batches_tracked, as torchvision's COCO weights; 1e-5 with them)")
+
+
+def add_export_torchvision_args(p):
+    p.add_argument("model", metavar="MODEL.npz", help="a checkpoint of torchvision's architecture "
+                   "(Config.torchvision_r50_fpn, e.g. made by import-torchvision)")
+    p.add_argument("--out", required=True, metavar="WEIGHTS.pth", help="the state dict to write")
+
+
 COMMANDS = (
     ("train", "train a model from scratch (or resume)", add_train_args, cmd_train),
     ("evaluate", "COCO box and mask AP of a model", add_evaluate_args, cmd_evaluate),
@@ -179,6 +198,10 @@ COMMANDS = (
     ("summary", "parameters and FLOPs per stage", add_summary_args, cmd_summary),
     ("ablate", "the paper's ablations (Table 2) on shapes", add_ablate_args, cmd_ablate),
     ("anchors", "how the anchors fit a dataset's objects", add_anchors_args, cmd_anchors),
+    ("import-torchvision", "torchvision Mask R-CNN weights -> a checkpoint (needs torch)",
+     add_import_torchvision_args, cmd_import_torchvision),
+    ("export-torchvision", "a checkpoint -> torchvision Mask R-CNN weights (needs torch)",
+     add_export_torchvision_args, cmd_export_torchvision),
 )
 
 

@@ -2,6 +2,8 @@
 
 ResNet (He et al. 2016) turns the image into feature maps C2..C5 at strides 4, 8, 16, 32.
 GroupNorm (Wu & He 2018) replaces BatchNorm because we train from scratch with small batches.
+The shapes models use BasicBlocks (ResNet-18's); `Config.block = "bottleneck"` with
+`norm = "frozen_bn"` builds torchvision's ResNet-50 instead (`resnet.py`), for imported weights.
 FPN (Lin et al. 2017, and Mask R-CNN section 3 "Network Architecture") adds a top-down path with
 lateral 1x1 connections, giving P2..P5, all `fpn_channels` wide, each followed by a 3x3 conv;
 P6 is a stride-2 subsampling of P5 used by the RPN only.
@@ -18,6 +20,7 @@ Naming:
 
 from . import layers
 from .nn import Conv2d, GroupNorm, MaxPool2d, Module, ReLU, Sequential
+from .resnet import EXPANSION, Bottleneck, make_norm
 
 
 class BasicBlock(Module):
@@ -55,8 +58,11 @@ class BasicBlock(Module):
 
 
 class ResNet(Module):
-    """Stem (7x7 stride-2 conv + GN + ReLU, 3x3 stride-2 max-pool) and four stages of BasicBlocks.
+    """Stem (7x7 stride-2 conv + norm + ReLU, 3x3 stride-2 max-pool) and four stages of blocks.
 
+    cfg.block "basic": BasicBlocks with GroupNorm (the shapes models); "bottleneck": ResNet-50's
+    Bottleneck blocks (stage_channels are their outputs, 4x their planes), with cfg.norm
+    ("group" or "frozen_bn", eps cfg.bn_eps) in the stem and every block.
     forward(x (N, 3, H, W)) -> [c2, c3, c4, c5]; backward([dc2, dc3, dc4, dc5]) -> None
     (the image needs no gradient).
     """
@@ -64,15 +70,19 @@ class ResNet(Module):
     def __init__(self, cfg, rng):
         super().__init__()
         stem_conv = Conv2d(3, cfg.stem_channels, 7, 2, 3, bias=False, rng=rng, need_input_grad=False)
-        self.add("stem", Sequential(stem_conv, GroupNorm(min(cfg.gn_groups, cfg.stem_channels),
-                                                         cfg.stem_channels), ReLU()))
+        self.add("stem", Sequential(stem_conv, make_norm(cfg.norm, cfg.stem_channels, cfg.gn_groups,
+                                                         cfg.bn_eps), ReLU()))
         self.add("pool", MaxPool2d(3, 2, 1))
         in_ch = cfg.stem_channels
         self.stages = []
         for i, (ch, n) in enumerate(zip(cfg.stage_channels, cfg.stage_blocks)):
             stride = 1 if i == 0 else 2
-            blocks = [BasicBlock(in_ch if j == 0 else ch, ch, stride if j == 0 else 1,
-                                 cfg.gn_groups, rng) for j in range(n)]
+            if cfg.block == "bottleneck":
+                blocks = [Bottleneck(in_ch if j == 0 else ch, ch // EXPANSION, stride if j == 0 else 1,
+                                     cfg.norm, rng, cfg.gn_groups, cfg.bn_eps) for j in range(n)]
+            else:
+                blocks = [BasicBlock(in_ch if j == 0 else ch, ch, stride if j == 0 else 1,
+                                     cfg.gn_groups, rng) for j in range(n)]
             self.stages.append(self.add(f"layer{i + 1}", Sequential(*blocks)))
             in_ch = ch
 

@@ -10,6 +10,8 @@ Presets (classmethods):
     Config.paper()      the same as Config(): the paper's algorithm on shapes
     Config.shipped()    the shipped model's recipe: the paper plus the additions it lists
     Config.tiny()       a very small network on 32x32 images, for gradient checks and tests
+    Config.torchvision_r50_fpn()  torchvision's maskrcnn_resnet50_fpn (COCO, 91 outputs), for
+                        imported weights (`torchvision_weights.py`)
 A config round-trips through JSON (`to_json`, `from_json`); `with_overrides` applies
 "key=value" strings as the command line's --set does.
 """
@@ -24,6 +26,11 @@ PAPER_INFERENCE_FIELDS = ("box_score_thresh", "box_nms_thresh", "detections_per_
                           "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "rpn_nms_thresh")
 # ... and those of beyond_paper.WithInferenceAdditions
 ADDITION_INFERENCE_FIELDS = ("box_refine", "test_flip", "mask_rescore", "box_from_mask")
+BLOCKS = ("basic", "bottleneck")
+NORMS = ("group", "frozen_bn")
+ANCHOR_CONVENTIONS = ("centre", "torchvision")
+MASK_HEAD_NORMS = ("group", "none")
+MASK_PASTES = ("subpixel", "torchvision")
 POOLERS = ("roi_align", "roi_align_unaligned", "roi_align_max", "roi_pool", "roi_warp", "roi_warp_max")
 
 
@@ -51,10 +58,18 @@ class Config:
     gn_groups: int = 8                    # GroupNorm groups (paper: 32); capped at the channel count
     fpn_channels: int = 64                # FPN width (paper: 256)
     fpn_norm: bool = False                # GroupNorm after the FPN convs (torchvision's GN recipe)
+    block: str = "basic"                  # basic (ResNet-18/34's two 3x3) | bottleneck (ResNet-50's
+    #                                       1x1-3x3-1x1; stage_channels are then 4x the planes)
+    norm: str = "group"                   # the ResNet's norm: group | frozen_bn (stored statistics,
+    #                                       an imported model's; needs block = bottleneck)
+    bn_eps: float = 1e-5                  # frozen_bn's eps (torchvision's COCO weights: 0.0)
 
     # ---- anchors (one size per level P2..P6) ----
     anchor_sizes: tuple = (8, 16, 32, 64, 128)  # paper: 32, 64, 128, 256, 512 for ~800 px images
     anchor_ratios: tuple = (0.5, 1.0, 2.0)      # h / w, as in the paper
+    anchor_convention: str = "centre"     # centre: unrounded, at cell centres ((x + 0.5) s);
+    #                                       torchvision: rounded, at cell corners (x s), s = padded
+    #                                       size // grid size (anchors.py)
 
     # ---- RPN ----
     rpn_fg_iou: float = 0.7               # anchor positive at IoU >= this (paper)
@@ -86,6 +101,8 @@ class Config:
     mask_pool_size: int = 14              # mask head RoI size (paper: 14)
     mask_channels: int = 64               # mask head conv width (paper: 256)
     mask_num_convs: int = 4               # 3x3 convs in the mask head (paper: 4)
+    mask_head_norm: str = "group"         # group (conv + GN + ReLU) | none (conv with bias + ReLU,
+    #                                       torchvision's MaskRCNNHeads)
     mask_head: str = "fcn"                # fcn (figure 4) | mlp (the ablation of Table 2e)
     mask_fc_dim: int = 256                # the MLP mask head's FC width (paper: 1024)
     max_mask_rois_per_image: int = 8      # positives per image sent to the mask head in training
@@ -97,6 +114,8 @@ class Config:
     box_nms_thresh: float = 0.5           # per-class NMS (torchvision)
     detections_per_img: int = 100         # paper: top 100
     mask_threshold: float = 0.5           # paper
+    mask_paste: str = "subpixel"          # subpixel (mask_head.paste_masks) | torchvision (its
+    #                                       paste_masks_in_image: 1-pixel expand, integer corners)
 
     # ---- training ----
     seed: int = 0                         # seeds initialisation, data and sampling
@@ -186,11 +205,20 @@ class Config:
         pos_int("gn_groups")
         pos_int("fpn_channels")
         flag("fpn_norm")
+        need(self.block in BLOCKS, "block", f"one of {BLOCKS}")
+        need(self.norm in NORMS, "norm", f"one of {NORMS}")
+        need(self.norm == "group" or self.block == "bottleneck", "norm",
+             "'group' with block 'basic' (frozen_bn needs block 'bottleneck')")
+        need(is_num(self.bn_eps) and self.bn_eps >= 0, "bn_eps", "a number >= 0")
+        need(self.block == "basic" or all(c % 4 == 0 for c in self.stage_channels), "stage_channels",
+             "widths divisible by 4 (a bottleneck's output is 4x its planes)")
         # anchors
         need(seq(self.anchor_sizes, 5, lambda v: is_num(v) and v > 0), "anchor_sizes",
              "5 positive sizes (P2..P6)")
         need(seq(self.anchor_ratios, None, lambda v: is_num(v) and v > 0), "anchor_ratios",
              "one or more positive h / w ratios")
+        need(self.anchor_convention in ANCHOR_CONVENTIONS, "anchor_convention",
+             f"one of {ANCHOR_CONVENTIONS}")
         # RPN
         need(is_num(self.rpn_bg_iou) and is_num(self.rpn_fg_iou)
              and 0 < self.rpn_bg_iou <= self.rpn_fg_iou <= 1, "rpn_fg_iou",
@@ -227,6 +255,7 @@ class Config:
         pos_int("mask_pool_size")
         pos_int("mask_channels")
         pos_int("mask_num_convs", least=0)
+        need(self.mask_head_norm in MASK_HEAD_NORMS, "mask_head_norm", f"one of {MASK_HEAD_NORMS}")
         need(self.mask_head in ("fcn", "mlp"), "mask_head", "'fcn' or 'mlp'")
         pos_int("mask_fc_dim")
         pos_int("max_mask_rois_per_image")
@@ -246,6 +275,7 @@ class Config:
         flag("mask_rescore")
         flag("test_flip")
         fraction("mask_threshold", lo_open=False)
+        need(self.mask_paste in MASK_PASTES, "mask_paste", f"one of {MASK_PASTES}")
         # training
         pos_int("seed", least=0)
         pos_int("batch_size")
@@ -295,6 +325,29 @@ class Config:
         kw.update(overrides)
         return cls(**kw)
 
+    @classmethod
+    def torchvision_r50_fpn(cls, **overrides):
+        """torchvision's `maskrcnn_resnet50_fpn` (v1) as its COCO weights run, field by field:
+        ResNet-50 with frozen BN (eps 0, torchvision's overwrite_eps for those weights), FPN 256
+        with biased convs, anchors 32..512 in torchvision's convention, RPN 2000/2000 (train) and
+        1000/1000 (test) with min size 1e-3, unaligned RoIAlign from P2..P5 with s0 = 224, the
+        two-FC box head of 1024, the 4-conv mask head of 256 without norm, 90 classes (labels are
+        COCO category ids, `COCO_CATEGORY_NAMES`), torchvision's paste, and its input transform
+        (x / 255, ImageNet mean / std, shorter side 800, longer at most 1333, padded to 32)."""
+        kw = dict(image_size=800, num_classes=90, pixel_mean=(0.485, 0.456, 0.406),
+                  pixel_std=(0.229, 0.224, 0.225), min_size=(800,), max_size=1333,
+                  input_divisor=255.0, stem_channels=64, stage_channels=(256, 512, 1024, 2048),
+                  stage_blocks=(3, 4, 6, 3), gn_groups=32, fpn_channels=256, block="bottleneck",
+                  norm="frozen_bn", bn_eps=0.0, anchor_sizes=(32, 64, 128, 256, 512),
+                  anchor_convention="torchvision", rpn_pre_nms_top_n_train=2000,
+                  rpn_post_nms_top_n_train=2000, rpn_pre_nms_top_n_test=1000,
+                  rpn_post_nms_top_n_test=1000, rpn_min_size=1e-3, box_batch_size_per_image=512,
+                  pooler="roi_align_unaligned", canonical_size=224.0, box_fc_dim=1024,
+                  mask_channels=256, mask_head_norm="none", max_mask_rois_per_image=512,
+                  mask_paste="torchvision", batch_size=2, grad_shards=1, optimizer="sgd", lr=0.02)
+        kw.update(overrides)
+        return cls(**kw)
+
     # ---- JSON ----
     def to_dict(self):
         return asdict(self)
@@ -337,3 +390,19 @@ class Config:
         """A copy with "key=value" strings applied (see parse_overrides). Raises ValueError
         naming an unknown field or a bad value."""
         return type(self).from_dict({**self.to_dict(), **self.parse_overrides(items)})
+
+
+# torchvision's COCO categories (torchvision/models/_meta.py): label l = COCO category id l, names
+# of labels 1..90; "N/A" at the 10 ids COCO skips (they are real outputs of the 91-way softmax)
+COCO_CATEGORY_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "N/A", "backpack",
+    "umbrella", "N/A", "N/A", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "N/A", "wine glass", "cup", "fork", "knife", "spoon", "bowl",
+    "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
+    "cake", "chair", "couch", "potted plant", "bed", "N/A", "dining table", "N/A", "N/A", "toilet",
+    "N/A", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
+    "toaster", "sink", "refrigerator", "N/A", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush")

@@ -11,7 +11,9 @@ per-pixel sigmoid BCE on the ground-truth class's channel only: masks of differe
 compete (the paper's decoupling of mask and class; softmax across classes is the ablation).
 
 Inference: the mask branch runs on the detections; each detection's own-class probabilities are
-pasted into the image inside its box (`paste_masks`) and thresholded at 0.5.
+pasted into the image inside its box (`paste_masks`) and thresholded at 0.5. An imported
+torchvision model pastes as torchvision does (`paste_masks_torchvision`, Config.mask_paste) and
+has no norm in its head (Config.mask_head_norm "none": convs with bias).
 
 Shape shorthand:
     P RoIs with a mask, Kc mask channels (K; 1 when class-agnostic; +1 background channel with
@@ -27,14 +29,22 @@ import numpy as np
 from .losses import sigmoid_binary_cross_entropy, softmax_cross_entropy
 from .nn import Conv2d, ConvTranspose2d, Linear, Module, ReLU, Sequential, conv_gn_relu
 from .roi_ops import roi_align_forward
+from .transform import resize_bilinear
 
 
 class MaskHead(Module):
-    """n x (3x3 conv + GN + ReLU), 2x2 stride-2 transposed conv + ReLU. (P, F, S, S) -> (P, C, 2S, 2S)."""
+    """n x (3x3 conv + GN + ReLU), 2x2 stride-2 transposed conv + ReLU. (P, F, S, S) -> (P, C, 2S, 2S).
 
-    def __init__(self, in_ch, ch, num_convs, groups, rng):
+    norm "none": each conv has a bias and no GN (torchvision's MaskRCNNHeads).
+    """
+
+    def __init__(self, in_ch, ch, num_convs, groups, rng, norm="group"):
         super().__init__()
-        convs = [conv_gn_relu(in_ch if i == 0 else ch, ch, 3, 1, groups, rng) for i in range(num_convs)]
+        if norm == "none":
+            convs = [Sequential(Conv2d(in_ch if i == 0 else ch, ch, 3, 1, 1, rng=rng), ReLU())
+                     for i in range(num_convs)]
+        else:
+            convs = [conv_gn_relu(in_ch if i == 0 else ch, ch, 3, 1, groups, rng) for i in range(num_convs)]
         self.add("convs", Sequential(*convs))
         self.add("deconv", ConvTranspose2d(ch, ch, 2, 2, rng=rng))
         self.add("relu", ReLU())
@@ -101,7 +111,8 @@ def build_mask_branch(cfg, rng):
     if cfg.mask_head == "mlp":
         head = MLPMaskHead(cfg.fpn_channels * cfg.mask_pool_size ** 2, cfg.mask_fc_dim, rng)
         return head, MLPMaskPredictor(cfg.mask_fc_dim, mask_channels(cfg), 2 * cfg.mask_pool_size, rng)
-    head = MaskHead(cfg.fpn_channels, cfg.mask_channels, cfg.mask_num_convs, cfg.gn_groups, rng)
+    head = MaskHead(cfg.fpn_channels, cfg.mask_channels, cfg.mask_num_convs, cfg.gn_groups, rng,
+                    cfg.mask_head_norm)
     return head, MaskPredictor(cfg.mask_channels, mask_channels(cfg), rng)
 
 
@@ -180,8 +191,10 @@ def mask_probs(mask_logits, labels, kind="sigmoid", class_agnostic=False):
     return own / (own + p.max(axis=1))
 
 
-def paste_masks(mask_probs, boxes, image_size, threshold=0.5):
+def paste_masks(mask_probs, boxes, image_size, threshold=0.5, mode="subpixel"):
     """Paste M x M mask probabilities into the image inside their boxes and threshold them.
+
+    mode "torchvision": `paste_masks_torchvision` thresholded (>= threshold); "subpixel" below.
 
     Mask cell (i, j) is centred at (x1 + (j + 0.5) w / M, y1 + (i + 0.5) h / M), the same points
     `project_masks_on_boxes` sampled; every image pixel centre inside the box is bilinearly
@@ -190,6 +203,10 @@ def paste_masks(mask_probs, boxes, image_size, threshold=0.5):
     Inputs: mask_probs (D, M, M), boxes (D, 4), image_size (h, w)
     Returns: (D, h, w) bool
     """
+    if mode == "torchvision":
+        return paste_masks_torchvision(mask_probs, boxes, image_size) >= threshold
+    if mode != "subpixel":
+        raise ValueError(f"mode: expected 'subpixel' or 'torchvision', got {mode!r}")
     h, w = image_size
     d, m = mask_probs.shape[0], mask_probs.shape[-1]
     out = np.zeros((d, h, w), dtype=bool)
@@ -212,4 +229,41 @@ def paste_masks(mask_probs, boxes, image_size, threshold=0.5):
         vals = rows[:, u0] * (1 - fu)[None, :] + rows[:, u1] * fu[None, :]
         inside = ((xs >= x1) & (xs <= x2))[None, :] & ((ys >= y1) & (ys <= y2))[:, None]
         out[i, r0:r1, c0:c1] = (vals >= threshold) & inside
+    return out
+
+
+def paste_masks_torchvision(mask_probs, boxes, image_size, padding=1):
+    """Paste M x M mask probabilities as torchvision's `paste_masks_in_image` does; soft output.
+
+    1) pad the mask with `padding` zeros per side and grow the box about its centre by the same
+       factor (M + 2 padding) / M, in float32; 2) truncate the corners to integers (toward zero,
+       as .to(int64)); 3) resize the padded mask bilinearly (align_corners=False) to the inclusive
+       box, w = max(x2 - x1 + 1, 1) by h = max(y2 - y1 + 1, 1); 4) copy the part inside the image.
+
+    Inputs: mask_probs (D, M, M), boxes (D, 4) in the image's pixels, image_size (h, w)
+    Returns: (D, h, w) probabilities in mask_probs' dtype, 0 outside each box
+    """
+    h, w = image_size
+    d, m = mask_probs.shape[0], mask_probs.shape[-1]
+    dtype = mask_probs.dtype if mask_probs.dtype in (np.float32, np.float64) else np.float32
+    out = np.zeros((d, h, w), dtype)
+    if d == 0:
+        return out
+    # 1) expand_masks and expand_boxes (scale = (M + 2 pad) / M in float32, as torchvision)
+    padded = np.pad(np.asarray(mask_probs, dtype), ((0, 0), (padding, padding), (padding, padding)))
+    scale = np.float32(m + 2 * padding) / np.float32(m)
+    b = np.asarray(boxes, np.float32)
+    half = np.float32(0.5)
+    w_half, h_half = (b[:, 2] - b[:, 0]) * half * scale, (b[:, 3] - b[:, 1]) * half * scale
+    x_c, y_c = (b[:, 2] + b[:, 0]) * half, (b[:, 3] + b[:, 1]) * half
+    # 2) integer corners, truncated toward zero
+    grown = np.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], axis=1).astype(np.int64)
+    for i in range(d):
+        x1, y1, x2, y2 = (int(v) for v in grown[i])
+        bw, bh = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)
+        # 3) the padded mask at the box's size, 4) the part that lies in the image
+        resized = resize_bilinear(padded[i][None], (bh, bw))[0]
+        c0, c1, r0, r1 = max(x1, 0), min(x2 + 1, w), max(y1, 0), min(y2 + 1, h)
+        if c1 > c0 and r1 > r0:
+            out[i, r0:r1, c0:c1] = resized[r0 - y1:r1 - y1, c0 - x1:c1 - x1]
     return out

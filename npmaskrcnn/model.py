@@ -31,7 +31,7 @@ from dataclasses import replace
 import numpy as np
 
 from .backbone import Backbone
-from .config import PAPER_INFERENCE_FIELDS, Config
+from .config import COCO_CATEGORY_NAMES, PAPER_INFERENCE_FIELDS, Config
 from .nn import Module
 from .roi_heads import RoIHeads
 from .rpn import RPN
@@ -44,6 +44,8 @@ class MaskRCNN(Module):
     """Mask R-CNN with a ResNet+FPN backbone. `MaskRCNN(Config(), class_names)`.
 
     roi_sampler, extra_training_rois: handed to RoIHeads (None: the paper's sampling).
+    class_names None: the shapes names for 3 classes, torchvision's COCO names for 90
+    (`Config.torchvision_r50_fpn`, whose labels are COCO category ids), else class1, class2, ...
     """
 
     def __init__(self, config=None, class_names=None, roi_sampler=None, extra_training_rois=None):
@@ -52,7 +54,7 @@ class MaskRCNN(Module):
         if not isinstance(cfg, Config):
             raise TypeError(f"config: expected a Config, got {type(cfg).__name__}")
         if class_names is None:
-            class_names = SHAPES_CLASSES if cfg.num_classes == 3 else tuple(
+            class_names = {3: SHAPES_CLASSES, 90: COCO_CATEGORY_NAMES}.get(cfg.num_classes) or tuple(
                 f"class{i}" for i in range(1, cfg.num_classes + 1))
         if len(class_names) != cfg.num_classes:
             raise ValueError(f"class_names: expected {cfg.num_classes} names (config.num_classes), "

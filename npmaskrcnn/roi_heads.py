@@ -200,7 +200,8 @@ class RoIHeads(Module):
             boxes = resize_boxes(boxes, image_size, size)
         return {"boxes": boxes, "labels": labels[order].astype(np.int64),
                 "scores": scores[order].astype(np.float32),
-                "masks": paste_masks(probs[order], boxes, size, self.cfg.mask_threshold)}
+                "masks": paste_masks(probs[order], boxes, size, self.cfg.mask_threshold,
+                                     self.cfg.mask_paste)}
 
     def predict(self, features, proposals, image_sizes, original_image_sizes=None):
         """Detections per image: dicts of boxes, labels, scores, masks (pasted, thresholded),

@@ -74,7 +74,8 @@ class RPN(Module):
     def __init__(self, cfg, rng):
         super().__init__()
         self.cfg = cfg
-        self.anchor_generator = AnchorGenerator(cfg.anchor_sizes, cfg.anchor_ratios, STRIDES)
+        self.anchor_generator = AnchorGenerator(cfg.anchor_sizes, cfg.anchor_ratios, STRIDES,
+                                                cfg.anchor_convention)
         self.add("head", RPNHead(cfg.fpn_channels, len(cfg.anchor_ratios), rng))
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.matcher = Matcher(cfg.rpn_fg_iou, cfg.rpn_bg_iou, allow_low_quality_matches=True)
@@ -83,10 +84,15 @@ class RPN(Module):
         self._anchor_cache = {}
 
     def anchors(self, feature_shapes):
-        """Anchors per level for these feature map sizes (cached). list of (H*W*A, 4)."""
-        key = tuple(feature_shapes)
+        """Anchors per level for these feature map sizes (cached). list of (H*W*A, 4).
+
+        The padded batch is STRIDES[0] times the finest level exactly (the transform pads to a
+        multiple of 32, so every level up to P5 halves exactly); torchvision's convention needs it.
+        """
+        key = tuple(tuple(s) for s in feature_shapes)
         if key not in self._anchor_cache:
-            self._anchor_cache[key] = self.anchor_generator.grid_anchors(list(feature_shapes))
+            image_shape = (STRIDES[0] * key[0][0], STRIDES[0] * key[0][1])
+            self._anchor_cache[key] = self.anchor_generator.grid_anchors(list(key), image_shape)
         return self._anchor_cache[key]
 
     def forward(self, features, image_sizes, gt_boxes=None, rng=None):
