@@ -1,6 +1,12 @@
 import os
 import sys
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one test process per core (pyproject.toml: -n auto): each with one BLAS and one numba
+    # thread, as the CLI trains, or the processes' thread pools fight over the cores (runtime.py)
+    for _k in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(_k, "1")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
