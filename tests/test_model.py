@@ -176,7 +176,7 @@ def test_overfit_two_images():
     model = MaskRCNN(cfg)
     opt = AdamW(model, lr=3e-3, weight_decay=0.0)
     first = None
-    for step in range(160):
+    for step in range(240):
         model.rng = np.random.default_rng(step)
         model.zero_grad()
         loss = sum(model.forward(list(images), list(targets)).values())
