@@ -8,6 +8,19 @@ dout, whose gradient with respect to an input is exactly what the op's backward 
 import numpy as np
 
 
+def model_central_difference(loss, model, p, i, h=1e-5):
+    """(loss() at p[i] + h - loss() at p[i] - h) / 2h for one entry of a model parameter `p`,
+    which is restored (and the model's caches cleared) afterwards."""
+    old = p[i]
+    p[i] = old + h
+    lp = loss()
+    p[i] = old - h
+    lm = loss()
+    p[i] = old
+    model.clear_caches()
+    return (lp - lm) / (2 * h)
+
+
 def rel_error(a, b, tiny=1e-300):
     """max |a - b| / max(|a| + |b|): one relative error for a whole array, robust to zero entries."""
     a = np.asarray(a, dtype=np.float64)

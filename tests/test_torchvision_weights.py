@@ -171,6 +171,7 @@ def test_whole_model_gradient_check_with_the_torchvision_options():
     """Training through every torchvision option at tiny size: Bottlenecks with frozen BN (no
     gradient for their statistics), torchvision's anchors, unaligned RoIAlign, the mask head
     without norm. Checked as test_model.py checks the shapes model."""
+    from gradcheck import model_central_difference
     from test_model import freeze_proposals, randomize, tiny_batch, total_loss
 
     rng = np.random.default_rng(0)
@@ -194,12 +195,6 @@ def test_whole_model_gradient_check_with_the_torchvision_options():
     for name, p in trained[::2] + trained[-1:]:         # every other array (time), and the last
         g = grads[name]
         i = np.unravel_index(int(np.argmax(np.abs(g))), p.shape)
-        old = p[i]
-        p[i] = old + h
-        lp, _ = total_loss(model, images, targets)
-        p[i] = old - h
-        lm, _ = total_loss(model, images, targets)
-        p[i] = old
-        model.clear_caches()
-        num = (lp - lm) / (2 * h)
+        num = model_central_difference(lambda: total_loss(model, images, targets)[0], model, p,
+                                       i, h)
         assert abs(num - g[i]) / max(abs(num) + abs(g[i]), 1e-4) < 1e-6, (name, num, g[i])
