@@ -100,7 +100,8 @@ def add_evaluate_args(p):
     p.add_argument("--data", metavar="INSTANCES_JSON", help="a COCO-format dataset (default: shapes)")
     p.add_argument("--images", metavar="DIR", help="image folder of --data (default: beside the JSON)")
     add_skip_bad_images_arg(p)
-    p.add_argument("--num-images", type=int, default=500, help="shapes images (default: %(default)s)")
+    p.add_argument("--num-images", type=int, default=None,
+                   help="shapes images (default: 500); with --data, its first N images (default: all)")
     p.add_argument("--seed", type=int, default=VAL_SEED,
                    help="seed of the shapes images (default: %(default)s, disjoint from training's 0)")
     p.add_argument("--shapes", choices=("gentle", "hard"),

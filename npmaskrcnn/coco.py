@@ -162,6 +162,12 @@ class CocoDataset:
     def __len__(self):
         return len(self.images)
 
+    def head(self, n):
+        """The dataset of its first n images (in the JSON's order), sharing this one's index."""
+        sub = copy.copy(self)
+        sub.images, sub.image_ids = self.images[:n], self.image_ids[:n]
+        return sub
+
     def image_path(self, i):
         """Inputs: i, the dataset index. Returns: the path of image i on disk."""
         return os.path.join(self.image_dir, self.images[i]["file_name"])

@@ -166,11 +166,13 @@ def cmd_train(args):
 def cmd_evaluate(args):
     """COCO box and mask AP of --model. Returns the exit code."""
     from .batches import default_dataset
+    from .class_map import describe_mapping, label_mapping, relabel
     from .evaluate import (error_breakdown, evaluate_predictions, format_errors, format_metrics,
                            predict_dataset, to_jsonable)
     from .files import write_json_atomic
 
-    checks.at_least(args.num_images, 1, "--num-images")
+    if args.num_images is not None:
+        checks.at_least(args.num_images, 1, "--num-images")
     checks.at_least(args.batch_size, 1, "--batch-size")
     checks.at_least(args.seed, 0, "--seed")
     checks.only_with(args.images, "--images", "--data", args.data)
@@ -183,19 +185,26 @@ def cmd_evaluate(args):
     if args.data is not None:
         dataset = checks.load_coco_arg(args.data, args.images, "--data", "--images",
                                        args.skip_bad_images)
-        if len(dataset.class_names) != model.config.num_classes:
-            raise UsageError(f"--data: {len(dataset.class_names)} classes {dataset.class_names}, but "
-                             f"the model has {model.config.num_classes} {model.class_names}")
-        source = args.data
+        try:
+            mapping, how = label_mapping(model.class_names, dataset.class_names)
+        except ValueError as e:
+            raise UsageError(f"--data: {e}") from None
+        if args.num_images is not None:
+            dataset = dataset.head(args.num_images)
+        source = f"{args.data} ({len(dataset)} images)"
     else:
-        shapes = args.shapes or model.config.shapes
-        dataset = default_dataset(dataclasses.replace(model.config, shapes=shapes), args.num_images,
-                                  args.seed)
-        source = f"{args.num_images} shapes images ({shapes} settings), seed {args.seed}"
+        shapes, n = args.shapes or model.config.shapes, args.num_images or 500
+        dataset = default_dataset(dataclasses.replace(model.config, shapes=shapes), n, args.seed)
+        source = f"{n} shapes images ({shapes} settings), seed {args.seed}"
+        mapping, how = None, "same"
     print(f"evaluating {args.model} on {source}")
+    if how != "same":
+        print(describe_mapping(mapping, how, model.class_names, dataset.class_names))
     t0 = time.perf_counter()
     predictions = predict_dataset(model, dataset, batch_size=args.batch_size,
                                   progress=not args.no_progress)
+    if how != "same":
+        predictions = relabel(predictions, mapping)
     metrics = evaluate_predictions(predictions, dataset, results_path=args.results)
     print(format_metrics(metrics))
     print(f"({len(dataset)} images in {time.perf_counter() - t0:.1f} s)")
