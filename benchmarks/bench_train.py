@@ -12,7 +12,8 @@ Also: `model.predict` on one image, the peak memory (ru_maxrss of the process, a
 tracemalloc peak of one iteration, which counts NumPy's buffers), and the startup cost measured
 in a fresh subprocess: `import npmaskrcnn.train`, building the model, the first training step
 (warm numba cache; `--cold` also measures it with NUMBA_CACHE_DIR pointing at an empty directory,
-i.e. every kernel compiled from scratch).
+i.e. every kernel compiled from scratch); and, the same two ways, what a user meets first: import,
+`load_model` of the shipped model and the first `predict` of one image, in a fresh process.
 
 As the CLI trains (`python -m npmaskrcnn train`: the batch in `grad_shards` shards, one spawned
 worker, one BLAS and one numba thread per process): the step time of `train(..., workers=2)` in a
@@ -206,8 +207,26 @@ print(json.dumps(dict(import_s=t1 - t0, build_s=t2 - t1, first_step_s=t3 - t2, s
                       first_predict_s=t5 - t4)))
 """
 
+# What a user meets first: a fresh process that imports the package, loads the shipped model and
+# predicts one image (every inference kernel compiled then, or read from numba's cache).
+PREDICT_STARTUP_SCRIPT = r"""
+import json, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {root!r})
+from npmaskrcnn.checkpoint import load_model
+from npmaskrcnn.checks import shipped_model_path
+from npmaskrcnn.shapes import ShapesDataset
+t1 = time.perf_counter()
+model = load_model(shipped_model_path())
+image = ShapesDataset(1, seed=10_000, image_size=model.config.image_size)[0][0]
+t2 = time.perf_counter()
+model.predict(image)
+t3 = time.perf_counter()
+print(json.dumps(dict(import_s=t1 - t0, load_s=t2 - t1, first_predict_s=t3 - t2, total_s=t3 - t0)))
+"""
 
-def bench_startup(cold):
+
+def bench_startup(cold, script=STARTUP_SCRIPT):
     env = dict(os.environ)
     tmp = None
     if cold:
@@ -215,7 +234,7 @@ def bench_startup(cold):
         env["NUMBA_CACHE_DIR"] = tmp.name
     try:
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", STARTUP_SCRIPT.format(root=os.path.abspath(ROOT))],
+        out = subprocess.run([sys.executable, "-c", script.format(root=os.path.abspath(ROOT))],
                              env=env, capture_output=True, text=True, check=True)
         wall = time.perf_counter() - t0
     finally:
@@ -387,6 +406,25 @@ def bench_cli(cfg, rounds, steps, baseline):
     return out
 
 
+def print_startup(cold, results):
+    """The two startup tables (warm numba cache; with `cold` also an empty one), into `results`."""
+    modes = [("warm numba cache", False)] + ([("cold (empty NUMBA_CACHE_DIR)", True)] if cold else [])
+    print("\nstartup in a fresh process (s)")
+    print(f"{'':<30}{'import':>8}{'build':>8}{'step 1':>8}{'step 2':>8}{'predict':>8}{'process':>9}")
+    for name, cold in modes:
+        r = bench_startup(cold)
+        results["startup_cold" if cold else "startup_warm"] = r
+        print(f"{name:<30}{r['import_s']:8.2f}{r['build_s']:8.2f}{r['first_step_s']:8.2f}"
+              f"{r['second_step_s']:8.2f}{r['first_predict_s']:8.2f}{r['process_wall_s']:9.2f}")
+    print("\nimport + load the shipped model + first predict, in a fresh process (s)")
+    print(f"{'':<30}{'import':>8}{'load':>8}{'predict':>8}{'total':>8}{'process':>9}")
+    for name, cold in modes:
+        r = bench_startup(cold, PREDICT_STARTUP_SCRIPT)
+        results["predict_startup_cold" if cold else "predict_startup_warm"] = r
+        print(f"{name:<30}{r['import_s']:8.2f}{r['load_s']:8.2f}{r['first_predict_s']:8.2f}"
+              f"{r['total_s']:8.2f}{r['process_wall_s']:9.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=10, help="timed iterations (median reported)")
@@ -399,6 +437,7 @@ def main():
     ap.add_argument("--cli-only", action="store_true", help="only the as-the-CLI-trains measurement")
     ap.add_argument("--no-cli", action="store_true", help="skip the as-the-CLI-trains measurement")
     ap.add_argument("--baseline", help="another checkout of the repository to time in the same rounds")
+    ap.add_argument("--startup-only", action="store_true", help="only the fresh-process startup tables")
     args = ap.parse_args()
     if args.cli_only:
         bench_cli(Config.shipped(), args.rounds, args.cli_steps, args.baseline)
@@ -413,6 +452,9 @@ def main():
     if os.getloadavg()[0] > (os.cpu_count() or 1):
         print("warning: the machine is busy; multi-threaded BLAS spin-waits under contention and can "
               "inflate times many-fold (try OPENBLAS_NUM_THREADS=1)")
+    if args.startup_only:
+        print_startup(args.cold, {})
+        return
     model, ds, per_iter, totals, np_peak = bench_training(cfg, args.iters, args.warmup)
     total = float(np.median(totals))
     stages = STAGES + sorted(k for r in per_iter for k in r if k not in STAGES and k != "other") + ["other"]
@@ -440,14 +482,7 @@ def main():
     results = {"stages_ms": med, "total_ms": 1e3 * total, "predict_ms": 1e3 * float(np.median(ptimes)),
                "peak_rss_mib": rss_kib / 1024, "tracemalloc_peak_mib": np_peak / 2**20}
     if not args.no_startup:
-        modes = [("warm numba cache", False)] + ([("cold (empty NUMBA_CACHE_DIR)", True)] if args.cold else [])
-        print("\nstartup in a fresh process (s)")
-        print(f"{'':<30}{'import':>8}{'build':>8}{'step 1':>8}{'step 2':>8}{'predict':>8}{'process':>9}")
-        for name, cold in modes:
-            r = bench_startup(cold)
-            results["startup_cold" if cold else "startup_warm"] = r
-            print(f"{name:<30}{r['import_s']:8.2f}{r['build_s']:8.2f}{r['first_step_s']:8.2f}"
-                  f"{r['second_step_s']:8.2f}{r['first_predict_s']:8.2f}{r['process_wall_s']:9.2f}")
+        print_startup(args.cold, results)
     if not args.no_cli:
         results["cli"] = bench_cli(cfg, args.rounds, args.cli_steps, args.baseline)
     if args.json:
