@@ -107,7 +107,7 @@ def check_agreement(cfg, model, twin, images, targets, verbose=True):
         undo()
         model.clear_caches()
         model.eval()
-        rois, labels, _, _, _, mask_idx = rec["roi"]
+        rois, labels, _, _, mask_idx = rec["roi"]
         feats_np = list(ps[:4])
         bf, _ = model.roi_heads.pool(feats_np, rois, cfg.box_pool_size)
         bft = twin.pool(list(ps_t[:4]), rois, cfg.box_pool_size)
@@ -207,7 +207,7 @@ def bench_stages(cfg, model, twin, images, iters):
     model.forward(images, [dict(t) for t in batches_mod.get_batch(_ds_cache[0], 0, cfg)[1]])
     undo()
     model.clear_caches()
-    rois, _, _, _, _, mask_idx = rec["roi"]
+    rois, _, _, _, mask_idx = rec["roi"]
     mrois = rois[mask_idx]
     rh = model.roi_heads
     f4 = list(ps[:4])

@@ -259,13 +259,37 @@ def max_pool2d_forward(x, kernel_size=2, stride=2, pad=0):
     n_img, c_in, h, wd = x.shape
     k = kernel_size
     oh, ow = _conv_out_size(h, k, stride, pad), _conv_out_size(wd, k, stride, pad)
-    # pool each channel as its own one-channel image: a window is one column of cols
-    planes = np.ascontiguousarray(x).reshape(n_img * c_in, 1, h, wd)
-    cols = _im2col_kernel(planes, k, k, stride, pad, oh, ow, -np.inf)  # (K*K, N*C, L)
-    argmax = cols.argmax(axis=0)  # (N*C, L), the first maximum of each window
-    out = np.take_along_axis(cols, argmax[None], axis=0)
+    # each channel pooled as its own one-channel image; argmax (N*C, L) numbers a window's
+    # positions as the rows of im2col's columns do, so backward scatters through col2im
+    out, argmax = _max_pool_kernel(np.ascontiguousarray(x).reshape(n_img * c_in, h, wd),
+                                   k, stride, pad, oh, ow)
     cache = (argmax, x.shape, k, stride, pad)
     return out.reshape(n_img, c_in, oh, ow), cache
+
+
+@njit(cache=True)
+def _max_pool_kernel(planes, k, stride, pad, oh, ow):
+    """out[p, oy*OW + ox] = max of the k x k window of plane p at (oy, ox), padding -inf;
+    argmax[p, l] = i*k + j of its first maximum in row-major window order (NaN wins, as in
+    np.argmax and PyTorch)."""
+    n_planes, h, wd = planes.shape
+    out = np.empty((n_planes, oh * ow), dtype=planes.dtype)
+    argmax = np.empty((n_planes, oh * ow), dtype=np.int64)
+    for p in range(n_planes):
+        for oy in range(oh):
+            for ox in range(ow):
+                best, where = -np.inf, 0
+                for i in range(k):
+                    iy = oy * stride - pad + i
+                    for j in range(k):
+                        ix = ox * stride - pad + j
+                        if 0 <= iy < h and 0 <= ix < wd:
+                            v = planes[p, iy, ix]
+                            if v > best or (v != v and best == best):
+                                best, where = v, i * k + j
+                out[p, oy * ow + ox] = best
+                argmax[p, oy * ow + ox] = where
+    return out, argmax
 
 
 def max_pool2d_backward(dout, cache):

@@ -350,3 +350,21 @@ def test_relu():
     dx = L.relu_backward(np.array([5.0, 5.0, 5.0], dtype=np.float32), cache)
     np.testing.assert_array_equal(dx, [0.0, 0.0, 5.0])
     assert out.dtype == dx.dtype == np.float32
+
+
+def test_max_pool2d_nan_wins_and_inf_windows_as_im2col_argmax():
+    """The direct kernel gives what im2col's columns and np.argmax gave: NaN wins its window
+    (the first NaN), a window of -inf takes its first position, ties go to the first maximum."""
+    x = np.array([[[[1.0, np.nan, 2.0, np.nan], [3.0, 2.0, 7.0, 7.0],
+                    [-np.inf, -np.inf, 5.0, 5.0], [-np.inf, -np.inf, 5.0, 5.0]]]])
+    out, (argmax, *_) = L.max_pool2d_forward(x, kernel_size=2, stride=2, pad=0)
+    assert np.isnan(out[0, 0, 0, 0]) and np.isnan(out[0, 0, 0, 1])
+    assert out[0, 0, 1].tolist() == [-np.inf, 5.0]
+    assert argmax.tolist() == [[1, 1, 0, 0]]
+    for k, s, p in ((3, 2, 1), (2, 2, 0), (3, 1, 1)):
+        x = np.random.default_rng(k + s + p).standard_normal((2, 3, 7, 6)).round(0)  # many ties
+        out, (argmax, *_) = L.max_pool2d_forward(x, kernel_size=k, stride=s, pad=p)
+        oh, ow = out.shape[2:]
+        cols = L._im2col_kernel(x.reshape(6, 1, 7, 6), k, k, s, p, oh, ow, -np.inf)
+        np.testing.assert_array_equal(argmax, cols.argmax(axis=0))
+        np.testing.assert_array_equal(out.reshape(6, -1), cols.max(axis=0))
