@@ -18,8 +18,10 @@ Needs torch (`pip install torch`); torchvision is not used.
 
 import argparse
 import copy
+import json
 import math
 import os
+import subprocess
 import sys
 import time
 
@@ -190,6 +192,60 @@ def make_torch_opt(twin, cfg):
                               {"params": no_decay, "weight_decay": 0.0}], lr=1e-4, foreach=True)
 
 
+# One process of the whole-machine comparison: `steps` training steps of the twin (torch threads
+# from the environment), or of ours as `python -m npmaskrcnn train` runs them (`train(...,
+# workers=2)`: the batch in two shards, the second in a spawned worker); prints the median step.
+THROUGHPUT_SCRIPT = r"""
+import json, os, sys, time
+sys.path[:0] = [{root!r}, {here!r}]
+side, steps = sys.argv[1], int(sys.argv[2])
+from npmaskrcnn.runtime import keep_freed_memory
+keep_freed_memory()
+import numpy as np
+import torch
+import vs_pytorch as V
+from npmaskrcnn.config import Config
+cfg = Config()
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+ds, model, twin = V.setup(cfg)
+if side == "twin":
+    from npmaskrcnn import batches
+    opt = V.make_torch_opt(twin, cfg)
+    model.train(); twin.train()
+    sec = []
+    for step in range(steps):
+        images, targets = batches.get_batch(ds, step, cfg)
+        t0 = time.perf_counter()
+        V.torch_train_step(twin, model, opt, images, targets, step, cfg)
+        sec.append(time.perf_counter() - t0)
+else:
+    import tempfile
+    from npmaskrcnn.train import train
+    with tempfile.TemporaryDirectory() as out:
+        import dataclasses
+        _, rows = train(dataclasses.replace(cfg, train_steps=steps), out, dataset=ds, progress=False,
+                        workers=2, checkpoint_every=0)
+    sec = [r["seconds"] for r in rows]
+print(json.dumps(float(np.median(sec[max(2, steps // 4):]))))
+"""
+
+
+def throughput(steps, threads_and_processes):
+    """Steps per second of the whole machine: {(side, threads, processes): (steps/s, median s)}."""
+    out = {}
+    for side, threads, n_proc in threads_and_processes:
+        env = dict(os.environ, **{k: str(threads) for k in (
+            "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")})
+        code = THROUGHPUT_SCRIPT.format(root=os.path.join(HERE, ".."), here=HERE)
+        procs = [subprocess.Popen([sys.executable, "-c", code, side, str(steps)], env=env,
+                                  stdout=subprocess.PIPE, text=True) for _ in range(n_proc)]
+        med = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+        if any(p.returncode for p in procs):
+            raise RuntimeError(f"a {side} throughput process failed")
+        out[(side, threads, n_proc)] = (sum(1.0 / m for m in med), float(np.median(med)))
+    return out
+
+
 def median_ms(ts):
     return 1e3 * float(np.median(ts))
 
@@ -311,7 +367,25 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--throughput", action="store_true",
+                    help="only the whole-machine training throughput: ours as the CLI trains against "
+                         "the twin with two threads in one process and in two single-threaded processes")
+    ap.add_argument("--throughput-steps", type=int, default=30)
     args = ap.parse_args()
+    if args.throughput:
+        print(f"whole-machine training throughput, Config(), batch 4, {args.throughput_steps} steps per "
+              f"process (median after the first quarter); load avg {os.getloadavg()[0]:.2f}")
+        modes = [("ours", 1, 1), ("twin", 2, 1), ("twin", 1, 2)]
+        names = {("ours", 1, 1): "ours as the CLI trains (2 processes x 1 thread, one batch in 2 shards)",
+                 ("twin", 2, 1): "twin, 1 process x 2 threads",
+                 ("twin", 1, 2): "twin, 2 processes x 1 thread, a batch each"}
+        res = throughput(args.throughput_steps, modes)
+        for k in modes:
+            rate, med = res[k]
+            print(f"  {names[k]:<72} {1e3 * med:7.1f} ms per step  {rate:5.2f} steps/s")
+        best_twin = max(res[("twin", 2, 1)][0], res[("twin", 1, 2)][0])
+        print(f"  ours / the twin at its best: {res[('ours', 1, 1)][0] / best_twin:.2f}x the steps per second")
+        return
 
     threads = numba.get_num_threads()
     torch.set_num_threads(threads)
