@@ -116,17 +116,16 @@ def instrument(model, opt, timer):
     rpn.propose = timer.wrap(rpn.propose, "rpn proposals")
     rh.sample_proposals = timer.wrap(rh.sample_proposals, "roi sampling")
     rh.select_mask_rois = timer.wrap(rh.select_mask_rois, "roi sampling")
-    rh.mask_targets = timer.wrap(rh.mask_targets, "mask targets")
+    roi_heads_mod.mask_targets = timer.wrap(roi_heads_mod.mask_targets, "mask targets")
     sizes = {cfg.box_pool_size: "box", cfg.mask_pool_size: "mask"}
     if len(sizes) < 2:
         sizes = {cfg.box_pool_size: "box+mask"}
     rh.pool = pool_stage(sizes, rh.pool, timer, "fwd")
     rh.unpool = pool_stage(sizes, rh.unpool, timer, "bwd")
-    for mod in (rpn_mod, roi_heads_mod):
-        for fname in ("sigmoid_binary_cross_entropy", "smooth_l1", "softmax_cross_entropy"):
+    for mod in (rpn_mod, roi_heads_mod):   # the names each module imported (a loss per branch)
+        for fname in ("sigmoid_binary_cross_entropy", "smooth_l1", "fastrcnn_loss", "maskrcnn_loss"):
             if hasattr(mod, fname):
                 setattr(mod, fname, timer.wrap(getattr(mod, fname), "losses"))
-    rh.mask_loss = timer.wrap(rh.mask_loss, "losses")
     train_mod.clip_grad_norm = timer.wrap(train_mod.clip_grad_norm, "grad clip")
     opt.step = timer.wrap(opt.step, "optimizer step")
 
