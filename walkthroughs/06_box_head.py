@@ -244,7 +244,7 @@ def final_detections(probs, boxes_all, cfg):
 def draw_final_detections(image, cand_boxes, cand_labels, det_boxes, det_scores, det_labels,
                           det_masks, class_names, score_thresh):
     """Three panels: the candidates (colour = class), the detections after NMS, and those scoring
-    >= 0.5 (the best 3 if none does) with their masks."""
+    >= 0.5 (at most 20; the best 3 if none does) with their masks."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
     axes[0].imshow(image)
     viz.draw_boxes(axes[0], cand_boxes, [viz.color(int(v) - 1) for v in cand_labels], linewidth=0.8)
@@ -253,6 +253,9 @@ def draw_final_detections(image, cand_boxes, cand_labels, det_boxes, det_scores,
     axes[0].set_yticks([])
     strong = det_scores >= 0.5
     shown = f"the {int(strong.sum())} scoring >= 0.5"
+    if strong.sum() > 20:                                   # the best 20, to stay readable
+        shown = f"the best 20 of {int(strong.sum())} scoring >= 0.5"
+        strong &= np.arange(len(det_scores)) < 20
     if len(det_scores) == 0:
         shown = "no detections"
     elif strong.sum() == 0:                                 # a weak model: show its best 3
@@ -262,8 +265,7 @@ def draw_final_detections(image, cand_boxes, cand_labels, det_boxes, det_scores,
                        class_names=class_names, title=f"after per-class NMS: {len(det_boxes)} detections")
     viz.draw_instances(axes[2], image, det_boxes[strong], det_labels[strong], det_masks[strong],
                        scores=det_scores[strong], class_names=class_names,
-                       title=f"{shown}, "
-                             f"with their masks")
+                       title=f"{shown}, with their masks" if len(det_scores) else shown)
     fig.tight_layout()
     return fig
 
@@ -328,9 +330,9 @@ if len(det_boxes):
 # s0 = 224), go through two FC layers of 1024, and the predictor scores 90 COCO classes plus
 # background. Printed: the best classes of the proposals the head is surest of; drawn, in the
 # photo's own pixels: the candidates, the detections after per-class NMS, and those scoring
-# >= 0.5 with their masks (the mask branch of walkthrough 07). The class names are COCO's; they
-# mean something only with trained COCO weights (a model with random weights runs the same code
-# and its detections are noise).
+# >= 0.5 (the best 20 of them) with their masks (the mask branch of walkthrough 07). The class
+# names are COCO's; they mean something only with trained COCO weights (with random ones, as in
+# this repository's tests, the same code runs and its detections are noise).
 
 # %%
 coco = viz.load_coco_model()

@@ -224,8 +224,9 @@ if coco is not None:
     axes[0].set_title(f"the photo, {photo.shape[1]} x {photo.shape[0]}", fontsize=10)
     axes[0].set_xticks([])
     axes[0].set_yticks([])
-    title = ("no detections" if len(k) == 0 else f"the best {len(k)} of {len(photo_pred['scores'])} detections"
-             + ("" if photo_pred["scores"][k].min() >= SHOW_SCORE else f" (none >= {SHOW_SCORE}: best 3)"))
+    n_photo = len(photo_pred["scores"])
+    title = "no detections" if n_photo == 0 else f"the best {len(k)} of {n_photo} detections" + (
+        "" if photo_pred["scores"][k].min() >= SHOW_SCORE else f" (none >= {SHOW_SCORE})")
     viz.draw_prediction(axes[1], photo, {key: v[k] for key, v in photo_pred.items()},
                         coco_model.class_names, title)
     fig.tight_layout()
