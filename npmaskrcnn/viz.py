@@ -16,6 +16,8 @@ Naming:
     out_dir     the folder the figures go to: `--out DIR` on a walkthrough's command line, else
                 the environment variable NPMASKRCNN_OUT, else `walkthroughs/out/` in the repo
     fast        `--fast` (or NPMASKRCNN_FAST=1): smaller sizes so a walkthrough runs in seconds
+    model       `--model coco.npz` (or NPMASKRCNN_COCO_MODEL): a COCO model (real_photo.py) for
+                the "on a real photo" sections of walkthroughs 02, 04, 06, 07 and 09
     boxes       (M, 4) x1, y1, x2, y2 in pixels (image coordinates: pixel (r, c) covers
                 [c, c+1) x [r, r+1), so a box edge drawn at x lies on a pixel boundary)
 """
@@ -39,6 +41,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from .files import save_figure_atomic  # noqa: E402
+from .real_photo import COCO_MODEL_ENV, HINT, coco_model_path, load_photo_model  # noqa: E402
 from .shapes import CLASS_NAMES  # noqa: E402
 
 OUT_ENV = "NPMASKRCNN_OUT"
@@ -73,27 +76,33 @@ def log(name, array):
 
 
 def parse_walkthrough_args(argv=None):
-    """Read a walkthrough's command line: `--out DIR` and `--fast`.
+    """Read a walkthrough's command line: `--out DIR`, `--fast` and `--model PATH`.
 
     `--out` sets NPMASKRCNN_OUT (so `out_dir()` and any child process see it), `--fast` sets
-    NPMASKRCNN_FAST=1. Unknown arguments are ignored, so the same cell also runs inside Jupyter
-    (whose kernel gets `-f kernel.json`) or under pytest.
+    NPMASKRCNN_FAST=1, `--model` sets NPMASKRCNN_COCO_MODEL (checked here, before the walkthrough
+    runs: `real_photo.coco_model_path`). Unknown arguments are ignored, so the same cell also runs inside
+    Jupyter (whose kernel gets `-f kernel.json`) or under pytest.
 
     Inputs:
     - argv: list of str, default sys.argv[1:]
     Returns:
-    - args: namespace with `out` (str, the figure folder) and `fast` (bool)
+    - args: namespace with `out` (str, the figure folder), `fast` (bool) and `model` (str, the
+      COCO model's checkpoint, or None)
     """
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--out", default=None, help="folder for the figures")
     parser.add_argument("--fast", action="store_true", help="smaller sizes, runs in seconds")
+    parser.add_argument("--model", default=None, help="a COCO model (torchvision preset) checkpoint")
     args, _ = parser.parse_known_args(argv)
     if args.out is not None:
         os.environ[OUT_ENV] = os.path.abspath(args.out)
     if args.fast:
         os.environ[FAST_ENV] = "1"
+    if args.model is not None:
+        os.environ[COCO_MODEL_ENV] = os.path.abspath(args.model)
     args.fast = is_fast()
     args.out = out_dir()
+    args.model = coco_model_path(os.environ.get(COCO_MODEL_ENV))
     return args
 
 
@@ -388,3 +397,18 @@ def load_shipped_model():
         print(f"no model at {path}: using an untrained model of the shipped recipe")
         model, trained = for_inference(build_model(Config.shipped())), "untrained"
     return model.eval(), trained
+
+
+
+def load_coco_model():
+    """(model, photo) for a walkthrough's "on a real photo" section (`real_photo.load_photo_model`
+    of `--model`, smaller in fast mode), or None without one: it then prints how to make one."""
+    loaded = load_photo_model(os.environ.get(COCO_MODEL_ENV), is_fast())
+    if loaded is None:
+        print(HINT)
+        return None
+    model, photo = loaded
+    (h, w), fast = model.transform.target_size(*photo.shape[:2], model.config.min_size[-1]), is_fast()
+    print(f"COCO model {os.environ[COCO_MODEL_ENV]}: the photo ({photo.shape[1]} x {photo.shape[0]}) "
+          f"goes in at {w} x {h}" + (" (fast mode)" if fast else ""))
+    return loaded

@@ -1,7 +1,9 @@
 """The walkthroughs run, make their figures, and the RoIPool/RoIAlign lessons hold.
 
 Each `walkthroughs/NN_*.py` runs as a subprocess in fast mode with its figures sent to a temporary
-folder; it must exit 0 and write at least one PNG named after its number. Walkthrough 05's two
+folder; it must exit 0 and write at least one PNG named after its number. Without a COCO model,
+the five with an "on a real photo" section print, as one line, how to make one
+(`test_walkthroughs_photo.py` runs those sections). Walkthrough 05's two
 reusable functions are imported from the file itself (its name starts with a digit, hence
 importlib) and checked: the worked example's numbers, and the shift experiment's staircase vs ramp.
 """
@@ -15,8 +17,11 @@ import sys
 import numpy as np
 import pytest
 
+from npmaskrcnn.real_photo import COCO_MODEL_ENV, HINT
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WALKTHROUGHS = sorted(glob.glob(os.path.join(REPO_ROOT, "walkthroughs", "[0-9][0-9]_*.py")))
+WITH_PHOTO = ("02", "04", "06", "07", "09")              # their last section: on a real photo
 
 
 def _env(out):
@@ -24,6 +29,7 @@ def _env(out):
     env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
     env["MPLBACKEND"] = "Agg"
     env["NPMASKRCNN_OUT"] = str(out)
+    env.pop(COCO_MODEL_ENV, None)                      # the photo sections print their hint
     return env
 
 
@@ -39,6 +45,7 @@ def test_walkthrough_runs_and_draws(path, tmp_path):
                           env=_env(out), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{os.path.basename(path)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     prefix = os.path.basename(path)[:2]
+    assert (HINT in proc.stdout.splitlines()) == (prefix in WITH_PHOTO), "the photo section's hint"
     figures = sorted(p.name for p in out.glob(f"{prefix}_*.png"))
     assert figures, f"{os.path.basename(path)} wrote no {prefix}_*.png into {out}"
     for name in figures:

@@ -12,6 +12,8 @@
 # 3. what the top-down path adds: P_k's input is `inner_k(C_k)` (lateral, 1×1 conv) plus the
 #    upsampled level above (top-down); both parts drawn side by side, with their share.
 #
+# 4. on a real photo, with a COCO model (`--model coco.npz`): P2..P6 of ResNet-50 + FPN.
+#
 # The model is `data/shapes_maskrcnn.npz` (override with the environment variable
 # `NPMASKRCNN_MODEL`); without it an untrained model is used and the pictures say so.
 
@@ -61,11 +63,11 @@ for name, m in zip(names, maps):
 # Early stages respond to edges and colours; deeper ones are coarse blobs where the shapes are.
 
 # %%
-def level_panels(name, fmap, n_channels=4):
+def level_panels(name, fmap, input_width, n_channels=4):
     """Panels of one level: (maps, titles) — the channel mean and the most varied channels."""
     f = fmap[0]
     top = np.argsort(-f.reshape(f.shape[0], -1).var(axis=1))[:n_channels]
-    stride = x.shape[-1] // f.shape[-1]
+    stride = input_width // f.shape[-1]
     panels = [f.mean(axis=0)] + [f[c] for c in top]
     titles = [f"{name} mean of {f.shape[0]} ch\n{f.shape[1]}x{f.shape[2]}, stride {stride}"] + \
              [f"{name} channel {c}" for c in top]
@@ -80,7 +82,7 @@ save_figure(fig, "02_input_image")
 for group, title in ((range(0, 4), "ResNet stages C2..C5"), (range(4, 9), "FPN levels P2..P6")):
     panels, titles = [], []
     for k in group:
-        p, t = level_panels(names[k], maps[k])
+        p, t = level_panels(names[k], maps[k], x.shape[-1])
         panels += p
         titles += t
     fig = viz.show_feature_maps(panels, titles, ncols=5, size=2.0, colorbar=True,
@@ -121,3 +123,36 @@ for level in (2, 3, 4):
 fig = viz.show_feature_maps(panels, titles, ncols=3, size=2.4, colorbar=True, cmap="magma",
                             suptitle="FPN: lateral (1x1 on C_k) vs top-down (upsampled level above)")
 save_figure(fig, "02_fpn_topdown")
+
+# %% [markdown]
+# ## 4. On a real photo
+#
+# With a COCO model (`--model coco.npz`: torchvision's `maskrcnn_resnet50_fpn` weights, converted
+# by `import-torchvision`) the same two calls run on matplotlib's sample photo. This backbone is
+# ResNet-50 (Bottleneck blocks, frozen BatchNorm, C2..C5 of 256..2048 channels) and the FPN is 256
+# wide; the photo's shorter side is resized to 800 pixels first (320 in fast mode). Below, as in
+# section 2: each row one level P2..P6, its channel mean and its 4 most varied channels. What the
+# channels respond to is the weights' doing: trained COCO weights respond to what is in the
+# photo, random ones (as in this repository's tests) only give the same shapes and strides.
+
+# %%
+coco = viz.load_coco_model()
+if coco is not None:
+    coco_model, photo = coco
+    photo_x, _ = coco_model.preprocess([photo])
+    photo_cs = coco_model.backbone.body(photo_x)
+    photo_ps = coco_model.backbone.fpn(photo_cs)
+    log("photo x (normalised)", photo_x)
+    for k, m in enumerate(photo_cs):
+        log(f"photo C{k + 2} (stride {photo_x.shape[-1] // m.shape[-1]})", m)
+    panels, titles = [], []
+    for k, m in enumerate(photo_ps):
+        log(f"photo P{k + 2} (stride {photo_x.shape[-1] // m.shape[-1]})", m)
+        p, t = level_panels(f"P{k + 2}", m, photo_x.shape[-1])
+        panels += p
+        titles += t
+    fig = viz.show_feature_maps(panels, titles, ncols=5, size=2.4, colorbar=True,
+                                suptitle=f"FPN levels P2..P6 of the photo ({photo_x.shape[3]} x "
+                                         f"{photo_x.shape[2]} padded input), ResNet-50 + FPN of "
+                                         f"{coco_model.config.fpn_channels} channels")
+    save_figure(fig, "02_photo_fpn")

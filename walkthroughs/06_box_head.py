@@ -15,7 +15,9 @@
 # 5. score threshold, per-class NMS, top 100: the final detections — the steps of
 #    `box_head.postprocess_detections`, checked against the paper's `MaskRCNN.predict`;
 # 6. beyond the paper (`beyond_paper.py`): the shipped recipe's IoU-balanced negatives and the
-#    box head's second look at its own detections, each beside the paper's way.
+#    box head's second look at its own detections, each beside the paper's way;
+# 7. on a real photo, with a COCO model (`--model coco.npz`): its box head's class scores and
+#    detections before and after NMS.
 #
 # The model is `data/shapes_maskrcnn.npz` (or `$NPMASKRCNN_MODEL`); without it an untrained one.
 
@@ -28,6 +30,7 @@ from npmaskrcnn.boxes import batched_nms, box_iou, boxes_to_rois, clip_boxes, re
 from npmaskrcnn.roi_heads import RoIHeads
 from npmaskrcnn.roi_ops import assign_fpn_levels
 from npmaskrcnn.shapes import ShapesDataset
+from npmaskrcnn.transform import resize_boxes
 from npmaskrcnn.viz import log, save_figure
 
 import matplotlib.pyplot as plt  # noqa: E402  (viz chooses the backend first)
@@ -218,44 +221,62 @@ save_figure(fig, "06_box_refinement")
 # the detections (walkthrough 07): the assert below checks it, box for box.
 
 # %%
-cand_boxes = boxes_all[:, 1:].reshape(-1, 4)
-cand_scores = probs[:, 1:].reshape(-1)
-cand_labels = np.tile(np.arange(1, cfg.num_classes + 1), len(props))
-keep = np.flatnonzero(cand_scores > cfg.box_score_thresh)
-b, s, lab = cand_boxes[keep], cand_scores[keep], cand_labels[keep]
-keep = remove_small_boxes(b, 1e-2)
-b, s, lab = b[keep], s[keep], lab[keep]
-n_thresh = len(b)
-keep = batched_nms(b, s, lab, cfg.box_nms_thresh)[:cfg.detections_per_img]
-det_boxes, det_scores, det_labels = b[keep], s[keep], lab[keep]
-log("final boxes", det_boxes)
-log("final scores", det_scores)
-print(f"{len(cand_boxes)} (proposal, class) candidates -> score > {cfg.box_score_thresh}: {n_thresh} "
-      f"-> after per-class NMS: {len(det_boxes)}")
+def final_detections(probs, boxes_all, cfg):
+    """Candidates (proposal, class) scoring > box_score_thresh, then per-class NMS, top 100.
+
+    probs (P, K+1), boxes_all (P, K+1, 4). Returns (candidate boxes, their labels, detected
+    boxes, their scores, their labels)."""
+    cand_boxes = boxes_all[:, 1:].reshape(-1, 4)
+    cand_scores = probs[:, 1:].reshape(-1)
+    cand_labels = np.tile(np.arange(1, cfg.num_classes + 1), len(probs))
+    keep = np.flatnonzero(cand_scores > cfg.box_score_thresh)
+    b, s, lab = cand_boxes[keep], cand_scores[keep], cand_labels[keep]
+    keep = remove_small_boxes(b, 1e-2)
+    b, s, lab = b[keep], s[keep], lab[keep]
+    keep = batched_nms(b, s, lab, cfg.box_nms_thresh)[:cfg.detections_per_img]
+    log("final boxes", b[keep])
+    log("final scores", s[keep])
+    print(f"{len(cand_boxes)} (proposal, class) candidates -> score > {cfg.box_score_thresh}: "
+          f"{len(b)} -> after per-class NMS: {len(keep)}")
+    return b, lab, b[keep], s[keep], lab[keep]
+
+
+def draw_final_detections(image, cand_boxes, cand_labels, det_boxes, det_scores, det_labels,
+                          det_masks, class_names, score_thresh):
+    """Three panels: the candidates (colour = class), the detections after NMS, and those scoring
+    >= 0.5 (at most 20; the best 3 if none does) with their masks."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
+    axes[0].imshow(image)
+    viz.draw_boxes(axes[0], cand_boxes, [viz.color(int(v) - 1) for v in cand_labels], linewidth=0.8)
+    axes[0].set_title(f"{len(cand_boxes)} candidates scoring > {score_thresh}\n(colour = class)")
+    axes[0].set_xticks([])
+    axes[0].set_yticks([])
+    strong = det_scores >= 0.5
+    shown = f"the {int(strong.sum())} scoring >= 0.5"
+    if strong.sum() > 20:                                   # the best 20, to stay readable
+        shown = f"the best 20 of {int(strong.sum())} scoring >= 0.5"
+        strong &= np.arange(len(det_scores)) < 20
+    if len(det_scores) == 0:
+        shown = "no detections"
+    elif strong.sum() == 0:                                 # a weak model: show its best 3
+        strong = np.arange(len(det_scores)) < 3
+        shown = f"none scores >= 0.5: the best {int(strong.sum())}"
+    viz.draw_instances(axes[1], image, det_boxes, det_labels, scores=det_scores,
+                       class_names=class_names, title=f"after per-class NMS: {len(det_boxes)} detections")
+    viz.draw_instances(axes[2], image, det_boxes[strong], det_labels[strong], det_masks[strong],
+                       scores=det_scores[strong], class_names=class_names,
+                       title=f"{shown}, with their masks" if len(det_scores) else shown)
+    fig.tight_layout()
+    return fig
+
+
+b, lab, det_boxes, det_scores, det_labels = final_detections(probs, boxes_all, cfg)
 paper_pred = network.predict([image])[0]                    # the paper's path, in eval mode
 assert np.array_equal(paper_pred["boxes"], det_boxes.astype(np.float32)) and np.array_equal(
     paper_pred["labels"], det_labels), "step-by-step detections differ from MaskRCNN.predict"
 pred = paper_pred
-
-fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
-axes[0].imshow(image)
-viz.draw_boxes(axes[0], b, [viz.color(int(v) - 1) for v in lab], linewidth=0.8)
-axes[0].set_title(f"{n_thresh} candidates scoring > {cfg.box_score_thresh}\n(colour = class)")
-axes[0].set_xticks([])
-axes[0].set_yticks([])
-strong = det_scores >= 0.5
-shown = f"the {int(strong.sum())} scoring >= 0.5"
-if strong.sum() == 0:                                       # a weak model: show its best 3
-    strong = np.arange(len(det_scores)) < 3
-    shown = f"none scores >= 0.5: the best {int(strong.sum())}"
-viz.draw_instances(axes[1], image, det_boxes, det_labels, scores=det_scores,
-                   title=f"after per-class NMS: {len(det_boxes)} detections")
-viz.draw_instances(axes[2], image, det_boxes[strong], det_labels[strong], pred["masks"][strong],
-                   scores=det_scores[strong],
-                   title=f"{shown}, "
-                         f"with their masks")
-fig.tight_layout()
-save_figure(fig, "06_final_detections")
+save_figure(draw_final_detections(image, b, lab, det_boxes, det_scores, det_labels, pred["masks"],
+                                  model.class_names, cfg.box_score_thresh), "06_final_detections")
 
 # %% [markdown]
 # ## 6. Beyond the paper: what the shipped recipe changes here
@@ -300,3 +321,43 @@ if len(det_boxes):
     print(f"second look: the box head moves its own boxes by {np.median(moved):.2f} px (median "
           f"of the largest side shift); final box = average of both looks")
     log("second-look probability of the detected class", again_probs)
+
+# %% [markdown]
+# ## 7. On a real photo
+#
+# With a COCO model (`--model coco.npz`, torchvision's weights through `import-torchvision`) the
+# same steps run on matplotlib's sample photo: its 1000 proposals are pooled (unaligned RoIAlign,
+# s0 = 224), go through two FC layers of 1024, and the predictor scores 90 COCO classes plus
+# background. Printed: the best classes of the proposals the head is surest of; drawn, in the
+# photo's own pixels: the candidates, the detections after per-class NMS, and those scoring
+# >= 0.5 (the best 20 of them) with their masks (the mask branch of walkthrough 07). The class
+# names are COCO's; they mean something only with trained COCO weights (with random ones, as in
+# this repository's tests, the same code runs and its detections are noise).
+
+# %%
+coco = viz.load_coco_model()
+if coco is not None:
+    coco_model, photo = coco
+    coco_cfg, coco_heads = coco_model.config, coco_model.roi_heads
+    photo_x, photo_size = coco_model.preprocess([photo])
+    photo_features = coco_model.backbone(photo_x)
+    photo_props = coco_model.rpn(photo_features, photo_size)[0]
+    photo_rois = boxes_to_rois(photo_props)
+    photo_logits, photo_deltas = coco_heads.box_predictor(coco_heads.box_head(
+        coco_heads.pool(photo_features[:4], photo_rois, coco_cfg.box_pool_size)[0]))
+    photo_probs = softmax(photo_logits)                     # (P, 91)
+    log("photo: proposals", photo_props[0])
+    log("photo: class probabilities", photo_probs)
+    photo_all = coco_heads.box_coder.decode(photo_deltas, photo_props[0])
+    photo_all = clip_boxes(photo_all.reshape(-1, 4), photo_size).reshape(len(photo_props[0]), -1, 4)
+    coco_names = ("background",) + coco_model.class_names
+    for r in np.argsort(-photo_probs[:, 1:].max(axis=1))[:5]:
+        best = np.argsort(-photo_probs[r])[:3]
+        print(f"  proposal {r}: " + ", ".join(f"{coco_names[c]} {photo_probs[r, c]:.2f}" for c in best))
+    cb, cl, db, ds_, dl = final_detections(photo_probs, photo_all, coco_cfg)
+    photo_pred = coco_heads.predict(photo_features[:4], photo_props, [photo_size], [photo.shape[:2]])[0]
+    back = [resize_boxes(v, photo_size, photo.shape[:2]) for v in (cb, db)]      # photo pixels
+    assert np.allclose(photo_pred["boxes"], back[1], atol=1e-3), "differs from RoIHeads.predict"
+    save_figure(draw_final_detections(photo, back[0], cl, back[1], ds_, dl, photo_pred["masks"],
+                                      coco_model.class_names, coco_cfg.box_score_thresh),
+                "06_photo_detections")

@@ -14,7 +14,8 @@
 # 4. the K sigmoid channels of one RoI: no softmax across classes; only the channel of the
 #    predicted (at training: the ground-truth) class is used, the others are never compared;
 # 5. beyond the paper: the score of a detection multiplied by its mask confidence (the shipped
-#    recipe's `mask_rescore`) — `beyond_paper.mask_confidence`.
+#    recipe's `mask_rescore`) — `beyond_paper.mask_confidence`;
+# 6. on a real photo, with a COCO model (`--model coco.npz`): its 28×28 masks and their paste.
 #
 # The model is `data/shapes_maskrcnn.npz` (or `$NPMASKRCNN_MODEL`); without it an untrained one.
 
@@ -190,3 +191,79 @@ if len(confidence):
     fig.suptitle("most and least confident mask of one image (red: the 0.5 outline)", fontsize=11)
     fig.tight_layout()
     save_figure(fig, "07_mask_confidence")
+
+# %% [markdown]
+# ## 6. On a real photo
+#
+# With a COCO model (`--model coco.npz`, torchvision's weights through `import-torchvision`) the
+# mask branch runs on the detections of matplotlib's sample photo: 14×14 pooled features (from
+# the photo resized to a shorter side of 800, 320 in fast mode), 4 convs of 256 channels, the
+# transposed conv, and 90 channels of 28×28 logits, of which the detected class's is read. The
+# paste is torchvision's (`mask_paste="torchvision"`: the 28×28 grid padded to 30×30, bilinear
+# into the box in the photo's own pixels, threshold 0.5). Drawn: the best four detections, each
+# with its box, its 28×28 probabilities and its pasted mask; then the detections scoring ≥ 0.5
+# (the best 20 of them; the best 3 if none does) with their pasted masks. The masks are only as
+# meaningful as the weights: random ones (as in this repository's tests) run the same code on
+# meaningless detections.
+
+# %%
+coco = viz.load_coco_model()
+if coco is not None:
+    coco_model, photo = coco
+    coco_heads = coco_model.roi_heads
+    photo_x, photo_size = coco_model.preprocess([photo])
+    photo_features = coco_model.backbone(photo_x)
+    photo_props = coco_model.rpn(photo_features, photo_size)[0]
+    d_boxes, d_labels, d_scores = coco_heads.detect(photo_features[:4], photo_props, [photo_size])[0]
+    order = np.argsort(-d_scores, kind="stable")             # best first, as predict sorts them
+    d_boxes, d_labels, d_scores = d_boxes[order], d_labels[order], d_scores[order]
+    d_rois = boxes_to_rois([d_boxes])
+    m = 2 * coco_model.config.mask_pool_size
+    d_probs = (coco_heads.predict_mask_probs(photo_features[:4], d_rois, d_labels) if len(d_rois)
+               else np.zeros((0, m, m), photo_x.dtype))      # (D, 28, 28)
+    photo_pred = coco_heads.assemble_image(d_rois, d_labels, d_scores, d_probs, photo_size, 0,
+                                           photo.shape[:2])
+    log("photo: detections", photo_pred["boxes"])
+    log("photo: 28x28 mask probs", d_probs)
+    log("photo: pasted masks", photo_pred["masks"])
+    coco_names = coco_model.class_names
+    if len(d_scores) == 0:
+        fig, ax = plt.subplots(figsize=(4.4, 5))
+        viz.draw_prediction(ax, photo, photo_pred, coco_names, "no detections: no masks to draw")
+        save_figure(fig, "07_photo_masks")
+    else:
+        n = min(4, len(d_scores))
+        fig, axes = plt.subplots(n, 3, figsize=(10, 3.4 * n), squeeze=False)
+        for j in range(n):
+            name = coco_names[photo_pred["labels"][j] - 1]
+            x1, y1, x2, y2 = photo_pred["boxes"][j]
+            pad = 0.25 * max(x2 - x1, y2 - y1, 8)            # the box and some of its surroundings
+            for ax in (axes[j, 0], axes[j, 2]):
+                ax.imshow(photo)
+                ax.set_xlim(max(x1 - pad, 0) - 0.5, min(x2 + pad, photo.shape[1]) - 0.5)
+                ax.set_ylim(min(y2 + pad, photo.shape[0]) - 0.5, max(y1 - pad, 0) - 0.5)
+            viz.draw_boxes(axes[j, 0], photo_pred["boxes"][j:j + 1], "yellow")
+            axes[j, 0].set_title(f"detection {j}: {name} {photo_pred['scores'][j]:.2f}", fontsize=9)
+            im = axes[j, 1].imshow(d_probs[j], cmap="viridis", vmin=0, vmax=1)
+            axes[j, 1].set_title(f"28x28 sigmoid, '{name}' channel", fontsize=9)
+            fig.colorbar(im, ax=axes[j, 1], fraction=0.046)
+            overlay = np.zeros(photo.shape[:2] + (4,))
+            overlay[photo_pred["masks"][j]] = (0.0, 1.0, 0.0, 0.5)
+            axes[j, 2].imshow(overlay, interpolation="nearest")
+            viz.draw_boxes(axes[j, 2], photo_pred["boxes"][j:j + 1], "white", linewidth=1)
+            axes[j, 2].set_title(f"pasted into the photo (green), {int(photo_pred['masks'][j].sum())} px",
+                                 fontsize=9)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.suptitle("mask head of the COCO model on the photo: box, 28x28 probabilities, paste",
+                     fontsize=11)
+        fig.tight_layout()
+        save_figure(fig, "07_photo_masks")
+    keep = np.flatnonzero(photo_pred["scores"] >= 0.5)[:20]   # at most 20, to stay readable
+    keep = keep if keep.size else np.arange(min(3, len(d_scores)))
+    fig, ax = plt.subplots(figsize=(5.2, 6))
+    viz.draw_prediction(ax, photo, {k: v[keep] for k, v in photo_pred.items()}, coco_names,
+                        f"the best {len(keep)} of {len(d_scores)} detections, pasted masks"
+                        if len(d_scores) else "no detections")
+    save_figure(fig, "07_photo_pasted")

@@ -11,7 +11,8 @@
 # 3. precision–recall curves per class at IoU 0.5 and 0.75 — `metrics[...]["pr_curves"]`;
 # 4. failure cases: the images whose instances are matched worst (lowest mask IoU);
 # 5. where the mask AP50 goes: false positives by type and what each costs —
-#    `evaluate.error_breakdown`.
+#    `evaluate.error_breakdown`;
+# 6. on a real photo, with a COCO model (`--model coco.npz`): `predict` and its COCO names.
 #
 # The model is `data/shapes_maskrcnn.npz` (or `$NPMASKRCNN_MODEL`); without it an untrained one.
 
@@ -186,3 +187,47 @@ save_figure(fig, "09_failure_cases")
 # %%
 report = error_breakdown(predictions, ds, "segm", 0.5, min_score=0.3)
 print(format_errors(report))
+
+# %% [markdown]
+# ## 6. On a real photo
+#
+# With a COCO model (`--model coco.npz`, torchvision's weights through `import-torchvision`)
+# `predict` runs on matplotlib's sample photo as it does on the shapes: one call, the photo at its
+# own size in, detections in its own pixels out (the transform resizes it to a shorter side of
+# 800, 320 in fast mode, and the boxes and masks are mapped back). Labels are COCO category ids;
+# `model.class_names[label - 1]` is the name. Printed: of the detections scoring ≥ 0.5,
+# the best 10; drawn: the best 20 (the best 3 if none reaches 0.5) with names, scores and masks.
+# The names are COCO's whatever the weights: with random ones (as in this repository's tests)
+# the detections mean nothing.
+
+# %%
+coco = viz.load_coco_model()
+if coco is not None:
+    coco_model, photo = coco
+    start = time.perf_counter()
+    photo_pred = coco_model.predict([photo])[0]
+    print(f"predicted the photo in {time.perf_counter() - start:.1f} s: {len(photo_pred['scores'])} "
+          f"detections (score > {coco_model.config.box_score_thresh})")
+    log("photo: boxes", photo_pred["boxes"])
+    log("photo: scores", photo_pred["scores"])
+    log("photo: labels (COCO ids)", photo_pred["labels"])
+    log("photo: masks", photo_pred["masks"])
+    confident = viz.keep_confident(photo_pred, SHOW_SCORE)
+    n_confident = len(confident["scores"])
+    print(f"{n_confident} score >= {SHOW_SCORE}" + (", the best 10:" if n_confident > 10 else ":"))
+    best10 = {key: v[:10] for key, v in confident.items()}
+    for line in viz.describe(best10, coco_model.class_names).split("; "):
+        print("  " + line)
+    k = shown(photo_pred)[:20]
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 6.4))
+    axes[0].imshow(photo)
+    axes[0].set_title(f"the photo, {photo.shape[1]} x {photo.shape[0]}", fontsize=10)
+    axes[0].set_xticks([])
+    axes[0].set_yticks([])
+    n_photo = len(photo_pred["scores"])
+    title = "no detections" if n_photo == 0 else f"the best {len(k)} of {n_photo} detections" + (
+        "" if photo_pred["scores"][k].min() >= SHOW_SCORE else f" (none >= {SHOW_SCORE})")
+    viz.draw_prediction(axes[1], photo, {key: v[k] for key, v in photo_pred.items()},
+                        coco_model.class_names, title)
+    fig.tight_layout()
+    save_figure(fig, "09_photo_predictions")

@@ -9,7 +9,9 @@ For each `walkthroughs/NN_stage.py` (jupytext percent format) this writes
 walkthroughs run in a Jupyter kernel, where `viz.save_figure` displays each figure inline. Each
 notebook records the sha256 of the source it was made from (`metadata.npmaskrcnn.source_sha256`);
 `tests/test_rendered_walkthroughs.py` fails when a walkthrough changed and its rendering did not.
-The figures of the run go to a temporary folder, not to `walkthroughs/out/`.
+The figures of the run go to a temporary folder, not to `walkthroughs/out/`. The notebooks are
+rendered without a COCO model (NPMASKRCNN_COCO_MODEL is cleared for the kernel), so their "on a
+real photo" sections show the one line that says how to make one.
 """
 
 import argparse
@@ -24,6 +26,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 OUT = os.path.join(REPO_ROOT, "docs", "walkthroughs")
+COCO_MODEL_ENV = "NPMASKRCNN_COCO_MODEL"                     # npmaskrcnn.real_photo's
 
 
 def source_sha256(path):
@@ -47,8 +50,9 @@ def render(path, timeout, figures_dir):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     env = {"NPMASKRCNN_OUT": figures_dir, "PYTHONPATH": os.pathsep.join(
         [REPO_ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
-    saved = {k: os.environ.get(k) for k in env}
+    saved = {k: os.environ.get(k) for k in list(env) + [COCO_MODEL_ENV]}
     os.environ.update(env)                                   # the kernel inherits them
+    os.environ.pop(COCO_MODEL_ENV, None)                     # rendered without a COCO model
     start = time.perf_counter()
     try:
         NotebookClient(nb, timeout=timeout, kernel_name="python3",

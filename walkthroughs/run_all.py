@@ -1,8 +1,9 @@
 """Run every walkthrough (`walkthroughs/NN_*.py`) in order, each in its own `python` process.
 
-    python walkthroughs/run_all.py [--fast] [--out DIR]
+    python walkthroughs/run_all.py [--fast] [--out DIR] [--model coco.npz]
 
-`--fast` and `--out` are passed through to each walkthrough. Prints each one's wall time; the exit
+`--fast`, `--out` and `--model` (a COCO model for the "on a real photo" sections of 02, 04, 06,
+07 and 09; docs/torchvision.md) are passed through to each walkthrough. Prints each one's wall time; the exit
 status is non-zero if any walkthrough failed (the others still run).
 """
 
@@ -26,8 +27,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="fast mode: smaller sizes")
     parser.add_argument("--out", default=None, help="folder for the figures")
+    parser.add_argument("--model", default=None, help="a COCO model (import-torchvision's .npz)")
     args = parser.parse_args(argv)
-    extra = (["--fast"] if args.fast else []) + (["--out", os.path.abspath(args.out)] if args.out else [])
+    extra = (["--fast"] if args.fast else []) + (["--out", os.path.abspath(args.out)] if args.out else []) \
+        + (["--model", os.path.abspath(args.model)] if args.model else [])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
     env.setdefault("MPLBACKEND", "Agg")
