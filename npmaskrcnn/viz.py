@@ -366,16 +366,18 @@ def keep_confident(pred, score_thresh):
     return {k: v[keep] for k, v in pred.items()}
 
 
-def describe(pred, class_names):
-    """A one-line text of one prediction dict: "circle 0.98 [x1, y1, x2, y2]; ..."."""
+def describe(pred, class_names, limit=10):
+    """A one-line text of one prediction dict: "circle 0.98 [x1, y1, x2, y2]; ..." (the first
+    `limit` detections, then how many more)."""
     if len(pred["scores"]) == 0:
         return "no detections"
     parts = []
-    for box, label, score in zip(pred["boxes"], pred["labels"], pred["scores"]):
+    for box, label, score in list(zip(pred["boxes"], pred["labels"], pred["scores"]))[:limit]:
         x1, y1, x2, y2 = (float(v) for v in box)
         parts.append(f"{class_names[int(label) - 1]} {float(score):.2f} "
                      f"[{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}]")
-    return "; ".join(parts)
+    more = len(pred["scores"]) - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 def load_shipped_model():

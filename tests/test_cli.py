@@ -298,3 +298,13 @@ def test_train_overwrite_replaces_a_run_and_a_too_long_warmup_is_shortened(capsy
     assert json.loads((out / "config.json").read_text())["warmup_steps"] == 0
     code, _, _ = cli(capsys, *argv, "--overwrite")
     assert code == 0
+
+
+def test_describe_lists_the_first_detections_then_how_many_more():
+    from npmaskrcnn.viz import describe
+
+    pred = {"boxes": np.tile(np.array([[1.0, 2.0, 3.0, 4.0]], np.float32), (12, 1)),
+            "labels": np.ones(12, np.int64), "scores": np.linspace(0.9, 0.8, 12, dtype=np.float32)}
+    text = describe(pred, ("circle",))
+    assert text.count("circle") == 10 and text.endswith("; and 2 more")
+    assert describe({k: v[:3] for k, v in pred.items()}, ("circle",)).count("circle") == 3
