@@ -277,16 +277,15 @@ def _max_pool_kernel(planes, k, stride, pad, oh, ow):
     argmax = np.empty((n_planes, oh * ow), dtype=np.int64)
     for p in range(n_planes):
         for oy in range(oh):
+            y0 = oy * stride - pad                  # the window's rows inside the image only
             for ox in range(ow):
+                x0 = ox * stride - pad
                 best, where = -np.inf, 0
-                for i in range(k):
-                    iy = oy * stride - pad + i
-                    for j in range(k):
-                        ix = ox * stride - pad + j
-                        if 0 <= iy < h and 0 <= ix < wd:
-                            v = planes[p, iy, ix]
-                            if v > best or (v != v and best == best):
-                                best, where = v, i * k + j
+                for i in range(max(0, -y0), min(k, h - y0)):
+                    for j in range(max(0, -x0), min(k, wd - x0)):
+                        v = planes[p, y0 + i, x0 + j]
+                        if v > best or (v != v and best == best):
+                            best, where = v, i * k + j
                 out[p, oy * ow + ox] = best
                 argmax[p, oy * ow + ox] = where
     return out, argmax
