@@ -47,8 +47,10 @@ def save_model(model, path, extra=None):
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, arrays=True):
     """Read a checkpoint without pickle. Returns dict: config, class_names, params, extra.
+    `arrays=False` reads and checks only the small entries (params and extra come back empty):
+    what a checkpoint is, without its weights.
 
     Raises FileNotFoundError for a missing file and ValueError (naming the path and entry) for a
     file that is not a valid checkpoint: truncated, not a zip, pickled/object arrays, no config.
@@ -65,6 +67,8 @@ def load_checkpoint(path):
         with np.load(path, allow_pickle=False) as z:
             entries = {}
             for key in z.files:
+                if not arrays and key.startswith(("param/", "extra/")):
+                    continue
                 try:
                     entries[key] = z[key]
                 except ValueError as e:

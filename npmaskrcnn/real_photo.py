@@ -14,11 +14,7 @@ Naming:
             800 (about 1 s per forward pass of ResNet-50 on two cores instead of ~7 s)
 """
 
-import json
 import os
-import zipfile
-
-import numpy as np
 
 COCO_MODEL_ENV = "NPMASKRCNN_COCO_MODEL"
 HINT = ("to see this stage on a real photo: python -m npmaskrcnn import-torchvision "
@@ -40,7 +36,7 @@ def coco_model_path(path):
     npmaskrcnn checkpoint, or a model of another architecture than the torchvision preset (a
     shapes model, say).
     """
-    from .config import Config
+    from .checkpoint import load_checkpoint
     from .torchvision_weights import check_exportable
 
     if not path:
@@ -48,11 +44,8 @@ def coco_model_path(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--model: no file at {path!r}; {EXPECTED}")
     try:
-        if not zipfile.is_zipfile(path):
-            raise ValueError("not an .npz archive")
-        with np.load(path, allow_pickle=False) as z:
-            cfg = Config.from_dict(json.loads(str(z["config"])))
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        cfg = load_checkpoint(path, arrays=False)["config"]
+    except ValueError as e:
         raise ValueError(f"--model {path!r}: not an npmaskrcnn checkpoint ({e}); {EXPECTED}") from None
     try:
         check_exportable(cfg)

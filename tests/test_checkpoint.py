@@ -60,6 +60,9 @@ def test_extra_arrays_round_trip(tmp_path):
     ckpt = load_checkpoint(path)
     assert int(ckpt["extra"]["step"]) == 7
     assert np.array_equal(ckpt["extra"]["optim/m.x"], np.ones(3))
+    small = load_checkpoint(path, arrays=False)           # what it is, without its weights
+    assert small["config"] == ckpt["config"] and small["class_names"] == ckpt["class_names"]
+    assert small["params"] == {} and small["extra"] == {}
 
 
 def test_refuses_object_array(saved, tmp_path):
