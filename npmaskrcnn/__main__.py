@@ -156,7 +156,8 @@ def add_ablate_args(p):
     p.add_argument("--workers", type=int, default=None,
                    help="models trained at once, one process each on one core (default: the cores)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the table in --out / --save-dir if there is one")
+                   help="replace the table in --out / --save-dir if there is one, and retrain the "
+                        "models an interrupted run had finished")
     p.add_argument("--out", default=os.path.join("runs", "ablation"), help="run folder (default: %(default)s)")
     p.add_argument("--save-dir", default=None,
                    help="also write the table and the RoIAlign / RoIPool models here (the committed "

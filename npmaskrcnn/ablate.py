@@ -17,6 +17,10 @@ results.json). `--workers` processes (default one per core, each on one core) tr
     python -m npmaskrcnn ablate                          # the whole table, into runs/ablation/
     python -m npmaskrcnn ablate --variants roi_pool,roi_align --seeds 0
 
+Each finished model leaves its scores in OUT/<variant>@<stride>/seed<k>/result.json, so the same
+command run again after an interruption trains only the models that were not finished
+(`--overwrite` retrains them all).
+
 `--stride S` instead trains each chosen variant once per seed at the one stride S (the earlier,
 flat table). Writes OUT/results.json, OUT/results.md, OUT/ablation.png and, for walkthrough 05,
 the first seed's RoIAlign and RoIPool models at stride 16 (OUT/roi_align.npz, roi_pool.npz); all of
@@ -44,6 +48,7 @@ VARIANTS = {                        # name -> the one switch that differs from t
     "softmax_masks": {"mask_loss": "softmax"},
     "class_agnostic_masks": {"class_agnostic_masks": True},
 }
+RESULT_NAME = "result.json"         # a finished run's scores, in its run folder
 LEVELS = {4: (2,), 8: (3,), 16: (4,), 32: (5,), "fpn": (2, 3, 4, 5)}   # stride -> pooler levels
 
 # (section, variant, stride, row label); the first row of a section is its baseline
@@ -101,6 +106,11 @@ def run_key(variant, stride):
     return f"{variant}@{stride}"
 
 
+def run_config(variant, stride, seed, steps):
+    """The Config of one row trained with one seed: the baseline with the variant's switch."""
+    return dataclasses.replace(base_config(steps, stride, seed), **VARIANTS[variant])
+
+
 def train_and_score(variant, stride, seed, steps, eval_images, run_dir):
     """Train one row with one seed and score it; returns {"bbox"/"segm": {AP, AP50, AP75},
     "train_seconds"} and the model. Runs in a worker process of `run`."""
@@ -108,17 +118,44 @@ def train_and_score(variant, stride, seed, steps, eval_images, run_dir):
     from .evaluate import evaluate_model
     from .train import train
 
-    cfg = dataclasses.replace(base_config(steps, stride, seed), **VARIANTS[variant])
+    cfg = run_config(variant, stride, seed, steps)
     t0 = time.perf_counter()
     model, _ = train(cfg, run_dir, checkpoint_every=0, progress=False)
     seconds = time.perf_counter() - t0
     metrics = evaluate_model(model, default_dataset(cfg, eval_images, VAL_SEED))
     out = {t: {k: float(metrics[t][k]) for k in METRICS} for t in ("bbox", "segm")}
-    return dict(out, train_seconds=seconds), model
+    return dict(out, train_seconds=seconds, eval_seconds=time.perf_counter() - t0 - seconds), model
 
 
-def _job(variant, stride, seed, steps, eval_images, run_dir, model_path):
+def finished_run(run_dir, cfg, eval_images):
+    """The result a finished run left in run_dir/result.json, if it was trained with `cfg` and
+    scored on `eval_images` images; None otherwise. This is what lets an interrupted table resume."""
+    import json
+
+    path = os.path.join(run_dir, RESULT_NAME)
+    if not (os.path.isfile(path) and os.path.isfile(os.path.join(run_dir, "model.npz"))):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    same = Config.from_dict(saved["config"]) == cfg and saved["eval_images"] == eval_images
+    return saved["result"] if same else None
+
+
+def _job(variant, stride, seed, steps, eval_images, run_dir, model_path, reuse=True):
+    """One row with one seed, in a worker process: with `reuse`, the result of the run already in
+    run_dir when it was trained and scored the same way (marked "reused"); else train and score it
+    and leave run_dir/result.json. Saves the model to `model_path` when it is given."""
+    cfg = run_config(variant, stride, seed, steps)
+    result = finished_run(run_dir, cfg, eval_images) if reuse else None
+    if result is not None:
+        if model_path is not None:
+            with open(os.path.join(run_dir, "model.npz"), "rb") as f:
+                data = f.read()
+            atomic_write(model_path, lambda g: g.write(data))
+        return dict(result, reused=True)
     result, model = train_and_score(variant, stride, seed, steps, eval_images, run_dir)
+    write_json_atomic({"config": cfg.to_dict(), "eval_images": eval_images, "result": result},
+                      os.path.join(run_dir, RESULT_NAME))
     if model_path is not None:
         save_model(model, model_path)
     return result
@@ -253,6 +290,7 @@ def run(args, log):
                              f"choose another folder or replace it with --overwrite")
         os.makedirs(folder, exist_ok=True)
     keys = list(dict.fromkeys((v, st) for _, v, st, _ in rows))
+    t0 = time.perf_counter()
     workers = max(1, min(args.workers or os.cpu_count() or 1, len(keys) * len(seeds)))
     jobs = {}
     with single_threaded_children(), _main_module_hidden(), \
@@ -264,7 +302,7 @@ def run(args, log):
                 jobs[v, st, seed] = pool.submit(
                     _job, v, st, seed, args.steps, args.eval_images,
                     os.path.join(args.out, run_key(v, st), f"seed{seed}"),
-                    os.path.join(args.out, f"{v}.npz") if keep else None)
+                    os.path.join(args.out, f"{v}.npz") if keep else None, not args.overwrite)
         runs = {}
         for v, st in keys:
             per_seed = {}
@@ -272,7 +310,8 @@ def run(args, log):
                 per_seed[str(seed)] = r = jobs[v, st, seed].result()
                 log(f"{run_key(v, st)} seed {seed}: box AP {100 * r['bbox']['AP']:.1f}, mask AP "
                     f"{100 * r['segm']['AP']:.1f} / {100 * r['segm']['AP50']:.1f} / "
-                    f"{100 * r['segm']['AP75']:.1f} ({r['train_seconds']:.0f} s)")
+                    f"{100 * r['segm']['AP75']:.1f} ({r['train_seconds']:.0f} s"
+                    + (", reused from an earlier run)" if r.get("reused") else ")"))
             mean, std = summarize(per_seed)
             runs[run_key(v, st)] = {"variant": v, "stride": st, "config": VARIANTS[v],
                                     "per_seed": per_seed, "mean": mean, "std": std}
@@ -280,12 +319,17 @@ def run(args, log):
                f" --eval-images {args.eval_images}" + (f" --stride {args.stride}" if args.stride else "")
                + (f" --variants {','.join(names)}" if args.variants else "")
                + (f" --save-dir {args.save_dir}" if args.save_dir else ""))
+    wall = time.perf_counter() - t0
+    reused = sum(bool(r.get("reused")) for run_ in runs.values() for r in run_["per_seed"].values())
     header = (f"Ablation on shapes: {args.steps} steps per model, seeds {seeds}, "
               f"{args.eval_images} held-out images (seed {VAL_SEED}); mean ± std over the seeds.\n"
-              f"Command: {command}")
+              f"Command: {command}\n"
+              f"Wall time: {wall / 60:.1f} min for {len(jobs)} models, {workers} at once"
+              + (f" ({reused} of them reused from an earlier, interrupted run)" if reused else "") + ".")
     table = results_markdown(rows, runs, header)
     fig = ablation_figure(rows, runs)
-    result = {"command": command, "steps": args.steps, "seeds": seeds,
+    result = {"command": command, "steps": args.steps, "seeds": seeds, "wall_seconds": wall,
+              "workers": workers, "reused_runs": reused,
               "eval_images": args.eval_images, "rows": [list(r) for r in rows], "runs": runs}
     for folder in dict.fromkeys([args.out, save_dir]):
         write_json_atomic(result, os.path.join(folder, "results.json"))

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from npmaskrcnn.__main__ import main
-from npmaskrcnn.ablate import (PAPER, TABLE, VARIANTS, ablation_figure, base_config, plan,
-                               results_markdown, run_key, summarize)
+from npmaskrcnn.ablate import (PAPER, TABLE, VARIANTS, ablation_figure, base_config, finished_run, plan,
+                               results_markdown, run_config, run_key, summarize)
 
 
 def test_ablate_trains_each_variant_per_seed_and_writes_the_table(tmp_path, capsys):
@@ -39,6 +39,33 @@ def test_ablate_trains_each_variant_per_seed_and_writes_the_table(tmp_path, caps
     assert main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (save / "results.md").read_bytes() == before
+    # an interrupted table: three models finished (their result.json), one did not; the same
+    # command again trains only that one, and the table is the same
+    first = json.loads((save / "results.json").read_text())
+    for folder in (out, save):
+        (folder / "results.json").unlink()
+    (out / "roi_pool@16" / "seed1" / "result.json").unlink()
+    capsys.readouterr()
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("reused from an earlier run") == 3 and "3 of them reused" in printed
+    again = json.loads((save / "results.json").read_text())
+    assert again["reused_runs"] == 3
+    for key in first["runs"]:
+        for seed in ("0", "1"):
+            a, b = first["runs"][key]["per_seed"][seed], again["runs"][key]["per_seed"][seed]
+            assert a["segm"] == b["segm"] and a["bbox"] == b["bbox"]
+    assert "reused" not in again["runs"]["roi_pool@16"]["per_seed"]["1"]
+    # a finished run is reused only for the same config and the same number of images scored
+    done = out / "roi_align@16" / "seed0"
+    assert finished_run(done, run_config("roi_align", 16, 0, 2), 2)["segm"] == a_segm(first)
+    assert finished_run(done, run_config("roi_align", 16, 0, 3), 2) is None
+    assert finished_run(done, run_config("roi_align", 16, 1, 2), 2) is None
+    assert finished_run(done, run_config("roi_align", 16, 0, 2), 3) is None
+
+
+def a_segm(result):
+    return result["runs"]["roi_align@16"]["per_seed"]["0"]["segm"]
 
 
 def test_ablate_refuses_bad_arguments(tmp_path, capsys):
