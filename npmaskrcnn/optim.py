@@ -103,14 +103,18 @@ class AdamW(_Optimizer):
 def _adamw_kernel(p, g, m, v, lr, b1, b2, c1, c2, eps, wd):
     """One AdamW update of flat arrays in place, in one pass (numpy would make ~8 temporaries).
 
-    The scalars come in the arrays' dtype, so float32 parameters are updated in float32
-    arithmetic, which (with fastmath) the compiler vectorises: 3x faster than float64 scalars.
+    The scalars come in the arrays' dtype and every constant derived from them is made in it too
+    (`one`, not the literal 1, which numba would type as an integer and promote to float64), so
+    float32 parameters are updated in float32 arithmetic, which (with fastmath) the compiler
+    vectorises. An optimisation: with float64 scalars the loop takes 20 ms for the shapes model's
+    4.05 M parameters on one core, with float32 ones 12.6 ms, about the memory traffic's time.
     """
-    a1 = 1 - b1
-    a2 = 1 - b2
+    one = p.dtype.type(1)
+    a1 = one - b1
+    a2 = one - b2
     step = lr / c1                       # lr * m_hat = lr * m / c1
-    inv_sqrt_c2 = 1 / np.sqrt(c2)        # sqrt(v_hat) = sqrt(v) / sqrt(c2)
-    shrink = 1 - lr * wd                 # decoupled weight decay: p <- p - lr * wd * p
+    inv_sqrt_c2 = one / np.sqrt(c2)      # sqrt(v_hat) = sqrt(v) / sqrt(c2)
+    shrink = one - lr * wd               # decoupled weight decay: p <- p - lr * wd * p
     for i in range(p.size):
         gi = g[i]
         mi = b1 * m[i] + a1 * gi
