@@ -153,6 +153,10 @@ def add_ablate_args(p):
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of the variants (default: all; see ablate.VARIANTS)")
     p.add_argument("--eval-images", type=int, default=300, help="held-out shapes images (default: %(default)s)")
+    p.add_argument("--pretrain-steps", type=int, default=0,
+                   help="first train the FPN baseline this many steps on other shapes images and start "
+                        "every model's ResNet body from its body, as the paper's models start from "
+                        "ImageNet (default: %(default)s, every model from scratch)")
     p.add_argument("--workers", type=int, default=None,
                    help="models trained at once, one process each on one core (default: the cores)")
     p.add_argument("--overwrite", action="store_true",

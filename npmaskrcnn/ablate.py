@@ -17,6 +17,12 @@ results.json). `--workers` processes (default one per core, each on one core) tr
     python -m npmaskrcnn ablate                          # the whole table, into runs/ablation/
     python -m npmaskrcnn ablate --variants roi_pool,roi_align --seeds 0
 
+`--pretrain-steps N` follows the paper's protocol more closely: the paper's models start from a
+ResNet pretrained on ImageNet, and here every row's ResNet body can start from the body of the FPN
+baseline trained first for N steps on other shapes images (seed PRETRAIN_SEED, two processes, in
+OUT/pretrain/); the FPN, RPN and heads still start from scratch. Without it (the default) every
+model starts from scratch.
+
 Each finished model leaves its scores in OUT/<variant>@<stride>/seed<k>/result.json, so the same
 command run again after an interruption trains only the models that were not finished
 (`--overwrite` retrains them all).
@@ -48,6 +54,9 @@ VARIANTS = {                        # name -> the one switch that differs from t
     "softmax_masks": {"mask_loss": "softmax"},
     "class_agnostic_masks": {"class_agnostic_masks": True},
 }
+PRETRAIN_SEED = 100                 # the pretraining images: disjoint from the rows' (seeds 0, 1, ...)
+#                                     and from the held-out ones (config.VAL_SEED)
+BODY = "backbone.body."             # the parameters a pretrained model passes on: the ResNet body
 RESULT_NAME = "result.json"         # a finished run's scores, in its run folder
 LEVELS = {4: (2,), 8: (3,), 16: (4,), 32: (5,), "fpn": (2, 3, 4, 5)}   # stride -> pooler levels
 
@@ -111,25 +120,61 @@ def run_config(variant, stride, seed, steps):
     return dataclasses.replace(base_config(steps, stride, seed), **VARIANTS[variant])
 
 
-def train_and_score(variant, stride, seed, steps, eval_images, run_dir):
+def pretrain_config(steps):
+    """The model the ResNet body is pretrained in: the ablation's FPN baseline (2e's FCN row)
+    trained on shapes of seed PRETRAIN_SEED, as the CLI trains (two gradient shards)."""
+    return dataclasses.replace(base_config(steps, "fpn", PRETRAIN_SEED), grad_shards=2)
+
+
+def pretrain(steps, folder, workers, log, reuse=True):
+    """Train the pretraining model into `folder` with `workers` processes; with `reuse`, reuse it
+    when it is there (finished, with the same config) or resume it from its checkpoint. Returns
+    (path of its model.npz, seconds spent)."""
+    from .checkpoint import load_checkpoint
+    from .train import train
+
+    cfg = pretrain_config(steps)
+    path, ckpt = os.path.join(folder, "model.npz"), os.path.join(folder, "checkpoint.npz")
+    if reuse and os.path.isfile(path) and load_checkpoint(path, arrays=False)["config"] == cfg:
+        log(f"pretrained ResNet body: reusing {path}")
+        return path, 0.0
+    resume = reuse and os.path.isfile(ckpt) and load_checkpoint(ckpt, arrays=False)["config"] == cfg
+    log(f"pretraining the ResNet body: {steps} steps of the FPN baseline on shapes of seed "
+        f"{PRETRAIN_SEED}, into {folder}")
+    t0 = time.perf_counter()
+    train(cfg, folder, checkpoint_every=500, resume=resume, progress=False, workers=workers)
+    return path, time.perf_counter() - t0
+
+
+def pretrained_body(path):
+    """{name: array} of the ResNet body of the model at `path` (what every row starts from)."""
+    from .checkpoint import load_checkpoint
+
+    return {k: v for k, v in load_checkpoint(path)["params"].items() if k.startswith(BODY)}
+
+
+def train_and_score(variant, stride, seed, steps, eval_images, run_dir, body_path=None):
     """Train one row with one seed and score it; returns {"bbox"/"segm": {AP, AP50, AP75},
-    "train_seconds"} and the model. Runs in a worker process of `run`."""
+    "train_seconds"} and the model. The ResNet body starts from the model at `body_path` if it is
+    given, else from its random initialisation. Runs in a worker process of `run`."""
     from .batches import default_dataset
     from .evaluate import evaluate_model
     from .train import train
 
     cfg = run_config(variant, stride, seed, steps)
+    init = pretrained_body(body_path) if body_path else None
     t0 = time.perf_counter()
-    model, _ = train(cfg, run_dir, checkpoint_every=0, progress=False)
+    model, _ = train(cfg, run_dir, checkpoint_every=0, progress=False, init=init)
     seconds = time.perf_counter() - t0
     metrics = evaluate_model(model, default_dataset(cfg, eval_images, VAL_SEED))
     out = {t: {k: float(metrics[t][k]) for k in METRICS} for t in ("bbox", "segm")}
     return dict(out, train_seconds=seconds, eval_seconds=time.perf_counter() - t0 - seconds), model
 
 
-def finished_run(run_dir, cfg, eval_images):
-    """The result a finished run left in run_dir/result.json, if it was trained with `cfg` and
-    scored on `eval_images` images; None otherwise. This is what lets an interrupted table resume."""
+def finished_run(run_dir, cfg, eval_images, pretrain_steps=0):
+    """The result a finished run left in run_dir/result.json, if it was trained with `cfg` from a
+    body pretrained for `pretrain_steps` (0: from scratch) and scored on `eval_images` images; None
+    otherwise. This is what lets an interrupted table resume."""
     import json
 
     path = os.path.join(run_dir, RESULT_NAME)
@@ -137,24 +182,27 @@ def finished_run(run_dir, cfg, eval_images):
         return None
     with open(path) as f:
         saved = json.load(f)
-    same = Config.from_dict(saved["config"]) == cfg and saved["eval_images"] == eval_images
+    same = (Config.from_dict(saved["config"]) == cfg and saved["eval_images"] == eval_images
+            and saved.get("pretrain_steps", 0) == pretrain_steps)
     return saved["result"] if same else None
 
 
-def _job(variant, stride, seed, steps, eval_images, run_dir, model_path, reuse=True):
+def _job(variant, stride, seed, steps, eval_images, run_dir, model_path, reuse=True, body_path=None,
+         pretrain_steps=0):
     """One row with one seed, in a worker process: with `reuse`, the result of the run already in
     run_dir when it was trained and scored the same way (marked "reused"); else train and score it
     and leave run_dir/result.json. Saves the model to `model_path` when it is given."""
     cfg = run_config(variant, stride, seed, steps)
-    result = finished_run(run_dir, cfg, eval_images) if reuse else None
+    result = finished_run(run_dir, cfg, eval_images, pretrain_steps) if reuse else None
     if result is not None:
         if model_path is not None:
             with open(os.path.join(run_dir, "model.npz"), "rb") as f:
                 data = f.read()
             atomic_write(model_path, lambda g: g.write(data))
         return dict(result, reused=True)
-    result, model = train_and_score(variant, stride, seed, steps, eval_images, run_dir)
-    write_json_atomic({"config": cfg.to_dict(), "eval_images": eval_images, "result": result},
+    result, model = train_and_score(variant, stride, seed, steps, eval_images, run_dir, body_path)
+    write_json_atomic({"config": cfg.to_dict(), "eval_images": eval_images,
+                       "pretrain_steps": pretrain_steps, "result": result},
                       os.path.join(run_dir, RESULT_NAME))
     if model_path is not None:
         save_model(model, model_path)
@@ -274,6 +322,9 @@ def run(args, log):
         raise ValueError(f"--steps: expected a positive number, got {args.steps}")
     if args.eval_images < 1:
         raise ValueError(f"--eval-images: expected a positive number, got {args.eval_images}")
+    if args.pretrain_steps < 0:
+        raise ValueError(f"--pretrain-steps: expected 0 (no pretraining) or a positive number, "
+                         f"got {args.pretrain_steps}")
     try:
         seeds = sorted({int(s) for s in args.seeds.split(",") if s.strip()})
     except ValueError:
@@ -292,6 +343,11 @@ def run(args, log):
     keys = list(dict.fromkeys((v, st) for _, v, st, _ in rows))
     t0 = time.perf_counter()
     workers = max(1, min(args.workers or os.cpu_count() or 1, len(keys) * len(seeds)))
+    body_path, pretrain_seconds = None, 0.0
+    if args.pretrain_steps:
+        body_path, pretrain_seconds = pretrain(args.pretrain_steps, os.path.join(args.out, "pretrain"),
+                                               max(1, args.workers or os.cpu_count() or 1), log,
+                                               reuse=not args.overwrite)
     jobs = {}
     with single_threaded_children(), _main_module_hidden(), \
             ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -302,7 +358,8 @@ def run(args, log):
                 jobs[v, st, seed] = pool.submit(
                     _job, v, st, seed, args.steps, args.eval_images,
                     os.path.join(args.out, run_key(v, st), f"seed{seed}"),
-                    os.path.join(args.out, f"{v}.npz") if keep else None, not args.overwrite)
+                    os.path.join(args.out, f"{v}.npz") if keep else None, not args.overwrite,
+                    body_path, args.pretrain_steps)
         runs = {}
         for v, st in keys:
             per_seed = {}
@@ -316,19 +373,27 @@ def run(args, log):
             runs[run_key(v, st)] = {"variant": v, "stride": st, "config": VARIANTS[v],
                                     "per_seed": per_seed, "mean": mean, "std": std}
     command = ("python -m npmaskrcnn ablate" + f" --steps {args.steps} --seeds {','.join(map(str, seeds))}"
-               f" --eval-images {args.eval_images}" + (f" --stride {args.stride}" if args.stride else "")
+               f" --eval-images {args.eval_images}"
+               + (f" --pretrain-steps {args.pretrain_steps}" if args.pretrain_steps else "")
+               + (f" --stride {args.stride}" if args.stride else "")
                + (f" --variants {','.join(names)}" if args.variants else "")
                + (f" --save-dir {args.save_dir}" if args.save_dir else ""))
     wall = time.perf_counter() - t0
     reused = sum(bool(r.get("reused")) for run_ in runs.values() for r in run_["per_seed"].values())
     header = (f"Ablation on shapes: {args.steps} steps per model, seeds {seeds}, "
               f"{args.eval_images} held-out images (seed {VAL_SEED}); mean ± std over the seeds.\n"
-              f"Command: {command}\n"
+              + (f"Every model's ResNet body starts from the FPN baseline trained for "
+                 f"{args.pretrain_steps} steps on shapes of seed {PRETRAIN_SEED} (the paper's models "
+                 f"start from ImageNet); the FPN, RPN and heads start from scratch "
+                 f"({pretrain_seconds / 60:.1f} min of the wall time).\n"
+                 if args.pretrain_steps else "Every model is trained from scratch.\n")
+              + f"Command: {command}\n"
               f"Wall time: {wall / 60:.1f} min for {len(jobs)} models, {workers} at once"
               + (f" ({reused} of them reused from an earlier, interrupted run)" if reused else "") + ".")
     table = results_markdown(rows, runs, header)
     fig = ablation_figure(rows, runs)
     result = {"command": command, "steps": args.steps, "seeds": seeds, "wall_seconds": wall,
+              "pretrain_steps": args.pretrain_steps, "pretrain_seconds": pretrain_seconds,
               "workers": workers, "reused_runs": reused,
               "eval_images": args.eval_images, "rows": [list(r) for r in rows], "runs": runs}
     for folder in dict.fromkeys([args.out, save_dir]):

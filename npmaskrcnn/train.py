@@ -199,7 +199,7 @@ def read_log(path):
 
 def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_every=0,
           checkpoint_every=500, resume=False, stop_at=None, progress=True, log=None, workers=1,
-          hang_timeout=None):
+          hang_timeout=None, init=None):
     """Train a model from scratch (or resume) and return (model, rows of the log).
 
     Inputs:
@@ -213,6 +213,9 @@ def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_e
     - workers: processes computing the cfg.grad_shards gradient shards (see parallel.py); the
       result does not depend on it
     - hang_timeout: seconds after which a silent worker counts as hung (parallel.ShardedGradients)
+    - init: {parameter name: array} to start from instead of those parameters' random
+      initialisation, e.g. a pretrained ResNet body (`ablate.py`); not used on resume, where the
+      checkpoint holds every parameter
     Returns: the trained model, ready for inference (beyond_paper.for_inference), and the log
     """
     os.makedirs(out_dir, exist_ok=True)
@@ -226,16 +229,31 @@ def train(cfg, out_dir, dataset=None, val_dataset=None, class_names=None, eval_e
         f.write(str(os.getpid()))
     try:
         return _train(cfg, out_dir, dataset, val_dataset, class_names, eval_every, checkpoint_every,
-                      resume, stop_at, progress, log, workers, hang_timeout)
+                      resume, stop_at, progress, log, workers, hang_timeout, init)
     finally:
         os.remove(lock)
 
 
+def start_from(model, init):
+    """Copy the arrays of `init` ({name: array}) into the model's parameters of those names.
+    Raises ValueError naming a name the model lacks or an array of another shape."""
+    own = model.state_dict()
+    for k, v in init.items():
+        if k not in own:
+            raise ValueError(f"init: {k!r} is not a parameter of the model")
+        if np.shape(v) != own[k].shape:
+            raise ValueError(f"init: {k!r} has shape {np.shape(v)}, the model's is {own[k].shape}")
+    for k, v in init.items():
+        own[k][...] = v
+
+
 def _train(cfg, out_dir, dataset, val_dataset, class_names, eval_every, checkpoint_every, resume,
-           stop_at, progress, log, workers, hang_timeout):
+           stop_at, progress, log, workers, hang_timeout, init):
     say = log or (lambda *a: None)
     dataset = dataset if dataset is not None else default_dataset(cfg)
     model = build_model(cfg, class_names or getattr(dataset, "class_names", None))
+    if init and not resume:
+        start_from(model, init)
     opt = make_optimizer(model, cfg)
     ckpt_path = os.path.join(out_dir, "checkpoint.npz")
     log_path = os.path.join(out_dir, "log.csv")

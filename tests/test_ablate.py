@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -5,8 +6,11 @@ import numpy as np
 import pytest
 
 from npmaskrcnn.__main__ import main
-from npmaskrcnn.ablate import (PAPER, TABLE, VARIANTS, ablation_figure, base_config, finished_run, plan,
-                               results_markdown, run_config, run_key, summarize)
+from npmaskrcnn.ablate import (PAPER, PRETRAIN_SEED, TABLE, VARIANTS, ablation_figure, base_config,
+                               finished_run, plan, pretrain_config, results_markdown, run_config,
+                               run_key, summarize)
+from npmaskrcnn.beyond_paper import build_model
+from npmaskrcnn.config import Config
 
 
 def test_ablate_trains_each_variant_per_seed_and_writes_the_table(tmp_path, capsys):
@@ -64,13 +68,63 @@ def test_ablate_trains_each_variant_per_seed_and_writes_the_table(tmp_path, caps
     assert finished_run(done, run_config("roi_align", 16, 0, 2), 3) is None
 
 
+def test_ablate_with_a_pretrained_body(tmp_path, capsys):
+    """--pretrain-steps: the FPN baseline is trained first (seed PRETRAIN_SEED), and every row's
+    ResNet body starts from its body; a second table in the same --out reuses the pretraining."""
+    from npmaskrcnn.checkpoint import load_checkpoint
+
+    out = tmp_path / "runs"
+    argv = ["ablate", "--steps", "2", "--seeds", "0", "--stride", "16", "--variants", "roi_align",
+            "--eval-images", "2", "--workers", "2", "--pretrain-steps", "2", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "pretraining the ResNet body: 2 steps" in printed and "--pretrain-steps 2" in printed
+    result = json.loads((out / "results.json").read_text())
+    assert result["pretrain_steps"] == 2 and result["pretrain_seconds"] > 0
+    pre = load_checkpoint(out / "pretrain" / "model.npz")
+    assert pre["config"] == pretrain_config(2) and pre["config"].seed == PRETRAIN_SEED
+    row = load_checkpoint(out / "roi_align@16" / "seed0" / "model.npz")["params"]
+    scratch = build_model(run_config("roi_align", 16, 0, 2)).state_dict()
+    body = [k for k in row if k.startswith("backbone.body.")]
+    assert body and all(k in pre["params"] for k in body)
+    # two small steps from the pretrained body: near it, far from the row's own random init
+    near = max(np.abs(row[k] - pre["params"][k]).max() for k in body)
+    far = max(np.abs(row[k] - scratch[k]).max() for k in body)
+    assert near < 0.02 < far
+    # the FPN and the heads are not passed on
+    k = "backbone.fpn.inner2.weight"
+    assert np.abs(row[k] - pre["params"][k]).max() > 0.02
+    # the same pretraining is reused by another table in the same folder
+    (out / "results.json").unlink()
+    assert main(argv) == 0
+    assert "reusing" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["pretrain_seconds"] == 0
+
+
+def test_start_from_copies_and_refuses_by_name():
+    from npmaskrcnn.train import start_from
+
+    cfg = Config.tiny()
+    model, other = build_model(cfg), build_model(dataclasses.replace(cfg, seed=5))
+    body = {k: v.copy() for k, v in other.state_dict().items() if k.startswith("backbone.body.")}
+    start_from(model, body)
+    sd = model.state_dict()
+    assert all(np.array_equal(sd[k], v) for k, v in body.items())
+    with pytest.raises(ValueError, match="'nope' is not a parameter"):
+        start_from(model, {"nope": np.zeros(1)})
+    k = next(iter(body))
+    with pytest.raises(ValueError, match=f"init: '{k}' has shape"):
+        start_from(model, {k: np.zeros(3)})
+
+
 def a_segm(result):
     return result["runs"]["roi_align@16"]["per_seed"]["0"]["segm"]
 
 
 def test_ablate_refuses_bad_arguments(tmp_path, capsys):
     for extra, arg in ((["--variants", "roi_wrap"], "--variants"), (["--seeds", "0,x"], "--seeds"),
-                       (["--seeds", "-1"], "--seeds"), (["--eval-images", "0"], "--eval-images")):
+                       (["--seeds", "-1"], "--seeds"), (["--eval-images", "0"], "--eval-images"),
+                       (["--pretrain-steps", "-1"], "--pretrain-steps")):
         code = main(["ablate", *extra, "--out", str(tmp_path), "--save-dir", str(tmp_path)])
         assert code == 2
         assert arg in capsys.readouterr().err
