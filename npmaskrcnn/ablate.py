@@ -41,7 +41,7 @@ import numpy as np
 
 from .checkpoint import save_model
 from .config import VAL_SEED, Config
-from .files import atomic_write, save_figure_atomic, write_json_atomic, write_text_atomic
+from .files import copy_atomic, save_figure_atomic, write_json_atomic, write_text_atomic
 
 VARIANTS = {                        # name -> the one switch that differs from the baseline
     "roi_align": {},
@@ -196,9 +196,7 @@ def _job(variant, stride, seed, steps, eval_images, run_dir, model_path, reuse=T
     result = finished_run(run_dir, cfg, eval_images, pretrain_steps) if reuse else None
     if result is not None:
         if model_path is not None:
-            with open(os.path.join(run_dir, "model.npz"), "rb") as f:
-                data = f.read()
-            atomic_write(model_path, lambda g: g.write(data))
+            copy_atomic(os.path.join(run_dir, "model.npz"), model_path)
         return dict(result, reused=True)
     result, model = train_and_score(variant, stride, seed, steps, eval_images, run_dir, body_path)
     write_json_atomic({"config": cfg.to_dict(), "eval_images": eval_images,
@@ -404,8 +402,6 @@ def run(args, log):
             for v in ("roi_align", "roi_pool"):
                 src = os.path.join(args.out, f"{v}.npz")
                 if os.path.isfile(src):
-                    with open(src, "rb") as f:
-                        data = f.read()
-                    atomic_write(os.path.join(folder, f"{v}.npz"), lambda g: g.write(data))
+                    copy_atomic(src, os.path.join(folder, f"{v}.npz"))
     log(table)
     return 0

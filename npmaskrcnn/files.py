@@ -63,6 +63,13 @@ def write_text_atomic(text, path):
     return atomic_write(path, lambda f: f.write(text), mode="w")
 
 
+def copy_atomic(src, dst):
+    """Copy the file `src` to `dst` atomically (whole or not at all). Returns dst."""
+    with open(src, "rb") as f:
+        data = f.read()
+    return atomic_write(dst, lambda g: g.write(data))
+
+
 def save_figure_atomic(fig, path, dpi=100):
     """Write a matplotlib figure to `path` as PNG atomically, then close it. Returns the path."""
     import matplotlib.pyplot as plt

@@ -162,3 +162,16 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypat
         save_model(model, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]
+
+
+def test_copy_atomic_copies_whole_or_nothing(saved, tmp_path):
+    from npmaskrcnn.files import copy_atomic
+
+    _, path = saved
+    dst = tmp_path / "copy.npz"
+    assert copy_atomic(path, dst) == str(dst)
+    assert dst.read_bytes() == path.read_bytes()
+    with pytest.raises(FileNotFoundError):
+        copy_atomic(tmp_path / "missing.npz", tmp_path / "other.npz")
+    assert not (tmp_path / "other.npz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp file left
