@@ -153,6 +153,9 @@ def add_ablate_args(p):
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of the variants (default: all; see ablate.VARIANTS)")
     p.add_argument("--eval-images", type=int, default=300, help="held-out shapes images (default: %(default)s)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change a Config field of the baseline for every row (repeatable), e.g. --set "
+                        "box_batch_size_per_image=64; not the fields the table sets (ablate.TABLE_FIELDS)")
     p.add_argument("--pretrain-steps", type=int, default=0,
                    help="first train the FPN baseline this many steps on other shapes images and start "
                         "every model's ResNet body from its body, as the paper's models start from "

@@ -27,6 +27,10 @@ Each finished model leaves its scores in OUT/<variant>@<stride>/seed<k>/result.j
 command run again after an interruption trains only the models that were not finished
 (`--overwrite` retrains them all).
 
+`--set KEY=VALUE` (repeatable) changes a field of the baseline for every row and the pretraining,
+e.g. `--set box_batch_size_per_image=64` for a cheaper table; the fields the table sets itself
+(TABLE_FIELDS) are refused.
+
 `--stride S` instead trains each chosen variant once per seed at the one stride S (the earlier,
 flat table). Writes OUT/results.json, OUT/results.md, OUT/ablation.png and, for walkthrough 05,
 the first seed's RoIAlign and RoIPool models at stride 16 (OUT/roi_align.npz, roi_pool.npz); all of
@@ -115,25 +119,49 @@ def run_key(variant, stride):
     return f"{variant}@{stride}"
 
 
-def run_config(variant, stride, seed, steps):
-    """The Config of one row trained with one seed: the baseline with the variant's switch."""
-    return dataclasses.replace(base_config(steps, stride, seed), **VARIANTS[variant])
+# fields the table sets itself, which `--set` may not change
+TABLE_FIELDS = ("train_steps", "seed", "pooler_levels", "grad_shards",
+                *sorted({k for switch in VARIANTS.values() for k in switch}))
 
 
-def pretrain_config(steps):
-    """The model the ResNet body is pretrained in: the ablation's FPN baseline (2e's FCN row)
-    trained on shapes of seed PRETRAIN_SEED, as the CLI trains (two gradient shards)."""
-    return dataclasses.replace(base_config(steps, "fpn", PRETRAIN_SEED), grad_shards=2)
+def check_overrides(overrides):
+    """The "key=value" strings of `--set`, checked: ValueError naming a malformed item, an unknown
+    field, a bad value, or a field the table sets itself (TABLE_FIELDS)."""
+    try:
+        keys = Config.parse_overrides(overrides)
+        base_config(1, 16, 0).with_overrides(overrides)
+    except ValueError as e:
+        raise ValueError(f"--set: {e}") from None
+    clash = [k for k in keys if k in TABLE_FIELDS]
+    if clash:
+        raise ValueError(f"--set: the table sets {clash} itself (by row, seed, stride or --steps); "
+                         f"--set may change any other field")
+    return tuple(overrides)
 
 
-def pretrain(steps, folder, workers, log, reuse=True):
+def run_config(variant, stride, seed, steps, overrides=()):
+    """The Config of one row trained with one seed: the baseline, with the `--set` overrides
+    ("key=value" strings) applied to it, and the variant's switch."""
+    base = base_config(steps, stride, seed).with_overrides(overrides)
+    return dataclasses.replace(base, **VARIANTS[variant])
+
+
+def pretrain_config(steps, overrides=()):
+    """The model the ResNet body is pretrained in: the ablation's FPN baseline (2e's FCN row, with
+    the same overrides as the rows) trained on shapes of seed PRETRAIN_SEED, as the CLI trains (two
+    gradient shards)."""
+    base = base_config(steps, "fpn", PRETRAIN_SEED).with_overrides(overrides)
+    return dataclasses.replace(base, grad_shards=2)
+
+
+def pretrain(steps, folder, workers, log, reuse=True, overrides=()):
     """Train the pretraining model into `folder` with `workers` processes; with `reuse`, reuse it
     when it is there (finished, with the same config) or resume it from its checkpoint. Returns
     (path of its model.npz, seconds spent)."""
     from .checkpoint import load_checkpoint
     from .train import train
 
-    cfg = pretrain_config(steps)
+    cfg = pretrain_config(steps, overrides)
     path, ckpt = os.path.join(folder, "model.npz"), os.path.join(folder, "checkpoint.npz")
     if reuse and os.path.isfile(path) and load_checkpoint(path, arrays=False)["config"] == cfg:
         log(f"pretrained ResNet body: reusing {path}")
@@ -153,7 +181,7 @@ def pretrained_body(path):
     return {k: v for k, v in load_checkpoint(path)["params"].items() if k.startswith(BODY)}
 
 
-def train_and_score(variant, stride, seed, steps, eval_images, run_dir, body_path=None):
+def train_and_score(variant, stride, seed, steps, eval_images, run_dir, body_path=None, overrides=()):
     """Train one row with one seed and score it; returns {"bbox"/"segm": {AP, AP50, AP75},
     "train_seconds"} and the model. The ResNet body starts from the model at `body_path` if it is
     given, else from its random initialisation. Runs in a worker process of `run`."""
@@ -161,7 +189,7 @@ def train_and_score(variant, stride, seed, steps, eval_images, run_dir, body_pat
     from .evaluate import evaluate_model
     from .train import train
 
-    cfg = run_config(variant, stride, seed, steps)
+    cfg = run_config(variant, stride, seed, steps, overrides)
     init = pretrained_body(body_path) if body_path else None
     t0 = time.perf_counter()
     model, _ = train(cfg, run_dir, checkpoint_every=0, progress=False, init=init)
@@ -188,17 +216,18 @@ def finished_run(run_dir, cfg, eval_images, pretrain_steps=0):
 
 
 def _job(variant, stride, seed, steps, eval_images, run_dir, model_path, reuse=True, body_path=None,
-         pretrain_steps=0):
+         pretrain_steps=0, overrides=()):
     """One row with one seed, in a worker process: with `reuse`, the result of the run already in
     run_dir when it was trained and scored the same way (marked "reused"); else train and score it
     and leave run_dir/result.json. Saves the model to `model_path` when it is given."""
-    cfg = run_config(variant, stride, seed, steps)
+    cfg = run_config(variant, stride, seed, steps, overrides)
     result = finished_run(run_dir, cfg, eval_images, pretrain_steps) if reuse else None
     if result is not None:
         if model_path is not None:
             copy_atomic(os.path.join(run_dir, "model.npz"), model_path)
         return dict(result, reused=True)
-    result, model = train_and_score(variant, stride, seed, steps, eval_images, run_dir, body_path)
+    result, model = train_and_score(variant, stride, seed, steps, eval_images, run_dir, body_path,
+                                    overrides)
     write_json_atomic({"config": cfg.to_dict(), "eval_images": eval_images,
                        "pretrain_steps": pretrain_steps, "result": result},
                       os.path.join(run_dir, RESULT_NAME))
@@ -323,6 +352,7 @@ def run(args, log):
     if args.pretrain_steps < 0:
         raise ValueError(f"--pretrain-steps: expected 0 (no pretraining) or a positive number, "
                          f"got {args.pretrain_steps}")
+    overrides = check_overrides(args.set or [])
     try:
         seeds = sorted({int(s) for s in args.seeds.split(",") if s.strip()})
     except ValueError:
@@ -345,7 +375,7 @@ def run(args, log):
     if args.pretrain_steps:
         body_path, pretrain_seconds = pretrain(args.pretrain_steps, os.path.join(args.out, "pretrain"),
                                                max(1, args.workers or os.cpu_count() or 1), log,
-                                               reuse=not args.overwrite)
+                                               reuse=not args.overwrite, overrides=overrides)
     jobs = {}
     with single_threaded_children(), _main_module_hidden(), \
             ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -357,7 +387,7 @@ def run(args, log):
                     _job, v, st, seed, args.steps, args.eval_images,
                     os.path.join(args.out, run_key(v, st), f"seed{seed}"),
                     os.path.join(args.out, f"{v}.npz") if keep else None, not args.overwrite,
-                    body_path, args.pretrain_steps)
+                    body_path, args.pretrain_steps, overrides)
         runs = {}
         for v, st in keys:
             per_seed = {}
@@ -373,6 +403,7 @@ def run(args, log):
     command = ("python -m npmaskrcnn ablate" + f" --steps {args.steps} --seeds {','.join(map(str, seeds))}"
                f" --eval-images {args.eval_images}"
                + (f" --pretrain-steps {args.pretrain_steps}" if args.pretrain_steps else "")
+               + "".join(f" --set {o}" for o in overrides)
                + (f" --stride {args.stride}" if args.stride else "")
                + (f" --variants {','.join(names)}" if args.variants else "")
                + (f" --save-dir {args.save_dir}" if args.save_dir else ""))
@@ -385,6 +416,7 @@ def run(args, log):
                  f"start from ImageNet); the FPN, RPN and heads start from scratch "
                  f"({pretrain_seconds / 60:.1f} min of the wall time).\n"
                  if args.pretrain_steps else "Every model is trained from scratch.\n")
+              + (f"The baseline with {', '.join(overrides)}.\n" if overrides else "")
               + f"Command: {command}\n"
               f"Wall time: {wall / 60:.1f} min for {len(jobs)} models, {workers} at once"
               + (f" ({reused} of them reused from an earlier, interrupted run)" if reused else "") + ".")
@@ -392,7 +424,7 @@ def run(args, log):
     fig = ablation_figure(rows, runs)
     result = {"command": command, "steps": args.steps, "seeds": seeds, "wall_seconds": wall,
               "pretrain_steps": args.pretrain_steps, "pretrain_seconds": pretrain_seconds,
-              "workers": workers, "reused_runs": reused,
+              "workers": workers, "reused_runs": reused, "overrides": list(overrides),
               "eval_images": args.eval_images, "rows": [list(r) for r in rows], "runs": runs}
     for folder in dict.fromkeys([args.out, save_dir]):
         write_json_atomic(result, os.path.join(folder, "results.json"))

@@ -75,15 +75,21 @@ def test_ablate_with_a_pretrained_body(tmp_path, capsys):
 
     out = tmp_path / "runs"
     argv = ["ablate", "--steps", "2", "--seeds", "0", "--stride", "16", "--variants", "roi_align",
-            "--eval-images", "2", "--workers", "2", "--pretrain-steps", "2", "--out", str(out)]
+            "--eval-images", "2", "--workers", "2", "--pretrain-steps", "2", "--out", str(out),
+            "--set", "box_batch_size_per_image=16"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "pretraining the ResNet body: 2 steps" in printed and "--pretrain-steps 2" in printed
+    assert "--set box_batch_size_per_image=16" in printed
     result = json.loads((out / "results.json").read_text())
     assert result["pretrain_steps"] == 2 and result["pretrain_seconds"] > 0
+    assert result["overrides"] == ["box_batch_size_per_image=16"]
     pre = load_checkpoint(out / "pretrain" / "model.npz")
-    assert pre["config"] == pretrain_config(2) and pre["config"].seed == PRETRAIN_SEED
-    row = load_checkpoint(out / "roi_align@16" / "seed0" / "model.npz")["params"]
+    assert pre["config"] == pretrain_config(2, ["box_batch_size_per_image=16"])
+    assert pre["config"].seed == PRETRAIN_SEED and pre["config"].box_batch_size_per_image == 16
+    row_ckpt = load_checkpoint(out / "roi_align@16" / "seed0" / "model.npz")
+    assert row_ckpt["config"] == run_config("roi_align", 16, 0, 2, ["box_batch_size_per_image=16"])
+    row = row_ckpt["params"]
     scratch = build_model(run_config("roi_align", 16, 0, 2)).state_dict()
     body = [k for k in row if k.startswith("backbone.body.")]
     assert body and all(k in pre["params"] for k in body)
@@ -124,7 +130,9 @@ def a_segm(result):
 def test_ablate_refuses_bad_arguments(tmp_path, capsys):
     for extra, arg in ((["--variants", "roi_wrap"], "--variants"), (["--seeds", "0,x"], "--seeds"),
                        (["--seeds", "-1"], "--seeds"), (["--eval-images", "0"], "--eval-images"),
-                       (["--pretrain-steps", "-1"], "--pretrain-steps")):
+                       (["--pretrain-steps", "-1"], "--pretrain-steps"),
+                       (["--set", "pooler=roi_pool"], "--set"), (["--set", "nope=1"], "--set"),
+                       (["--set", "box_batch_size_per_image=-3"], "--set"), (["--set", "lr"], "--set")):
         code = main(["ablate", *extra, "--out", str(tmp_path), "--save-dir", str(tmp_path)])
         assert code == 2
         assert arg in capsys.readouterr().err
