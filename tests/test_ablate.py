@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from npmaskrcnn.__main__ import main
-from npmaskrcnn.ablate import (PAPER, PRETRAIN_SEED, TABLE, VARIANTS, ablation_figure, base_config,
-                               finished_run, plan, pretrain_config, results_markdown, run_config,
-                               run_key, summarize)
+from npmaskrcnn.ablate import (PRETRAIN_SEED, VARIANTS, base_config, finished_run, pretrain_config,
+                               run_config)
+from npmaskrcnn.ablate_table import (PAPER, TABLE, ablation_figure, plan, results_markdown, run_key,
+                                     summarize)
 from npmaskrcnn.beyond_paper import build_model
 from npmaskrcnn.config import Config
 
