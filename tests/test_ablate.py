@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from npmaskrcnn.__main__ import main
-from npmaskrcnn.ablate import (PRETRAIN_SEED, VARIANTS, base_config, finished_run, pretrain_config,
-                               run_config)
+from npmaskrcnn.ablate import (PRETRAIN_SEED, VARIANTS, base_config, finished_run, pretrain,
+                               pretrain_config, run_config)
 from npmaskrcnn.ablate_table import (PAPER, TABLE, ablation_figure, plan, results_markdown, run_key,
                                      summarize)
 from npmaskrcnn.beyond_paper import build_model
@@ -101,11 +101,13 @@ def test_ablate_with_a_pretrained_body(tmp_path, capsys):
     # the FPN and the heads are not passed on
     k = "backbone.fpn.inner2.weight"
     assert np.abs(row[k] - pre["params"][k]).max() > 0.02
-    # the same pretraining is reused by another table in the same folder
-    (out / "results.json").unlink()
-    assert main(argv) == 0
-    assert "reusing" in capsys.readouterr().out
-    assert json.loads((out / "results.json").read_text())["pretrain_seconds"] == 0
+    # another table in the same folder reuses the pretraining (same config); other overrides do not
+    said = []
+    folder = out / "pretrain"
+    assert pretrain(2, folder, 1, said.append, overrides=["box_batch_size_per_image=16"]) == \
+        (str(folder / "model.npz"), 0.0)
+    assert said == [f"pretrained ResNet body: reusing {folder / 'model.npz'}"]
+    assert not pretrain_config(2) == pre["config"]
 
 
 def test_start_from_copies_and_refuses_by_name():
