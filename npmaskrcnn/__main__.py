@@ -104,9 +104,9 @@ def add_evaluate_args(p):
                    help="shapes images (default: 500); with --data, its first N images (default: all)")
     p.add_argument("--seed", type=int, default=VAL_SEED,
                    help="seed of the shapes images (default: %(default)s, disjoint from training's 0)")
-    p.add_argument("--shapes", choices=("gentle", "hard"),
+    p.add_argument("--shapes", choices=("gentle", "hard", "large"),
                    help="generator settings of the shapes images (default: those the model was "
-                        "trained on, its Config.shapes; shapes.GENTLE / HARD)")
+                        "trained on, its Config.shapes; shapes.GENTLE / HARD / LARGE)")
     p.add_argument("--batch-size", type=int, default=8, help="images per predict call")
     p.add_argument("--results", metavar="PATH", help="write the COCO results JSON here")
     p.add_argument("--json", metavar="PATH", help="write the metrics as JSON here")

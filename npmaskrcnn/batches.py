@@ -20,7 +20,8 @@ from .shapes import ShapesDataset
 
 def default_dataset(cfg, num_images=None, seed=None):
     """Shapes images at the config's size, drawn with the config's generator settings
-    (`cfg.shapes`; shape sizes scale with the image: 16..64 px at 128 for gentle, 16..80 hard).
+    (`cfg.shapes`; shape sizes scale with the image: 16..64 px at 128 for gentle, 16..80 hard,
+    32..80 large).
     Default: cfg.train_steps * cfg.batch_size images of seed cfg.seed (the training set)."""
     n = cfg.train_steps * cfg.batch_size if num_images is None else num_images
     return ShapesDataset(n, seed=cfg.seed if seed is None else seed, image_size=cfg.image_size,

@@ -49,7 +49,7 @@ class Config:
     max_size: int = None                  # paper / torchvision: 1333
     input_divisor: float = 1.0            # uint8 divided by this before the mean (torchvision: 255)
     shapes: str = "gentle"                # the shapes generator's settings that training and the
-    #                                       default evaluation draw: gentle | hard (shapes.SETTINGS)
+    #                                       default evaluation draw: gentle | hard | large (shapes.SETTINGS)
 
     # ---- backbone: ResNet with GroupNorm + FPN ----
     stem_channels: int = 32               # 7x7 stride-2 stem conv width (ResNet: 64)
@@ -193,7 +193,7 @@ class Config:
              "min_size", "None (no resize) or one or more shorter-side sizes >= 1")
         need(self.max_size is None or (is_int(self.max_size) and self.max_size >= 1), "max_size",
              "None (no bound) or an int >= 1")
-        need(self.shapes in ("gentle", "hard"), "shapes", "'gentle' or 'hard'")
+        need(self.shapes in ("gentle", "hard", "large"), "shapes", "'gentle', 'hard' or 'large'")
         need(is_num(self.input_divisor) and self.input_divisor > 0, "input_divisor",
              "a positive number")
         # backbone

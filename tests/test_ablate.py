@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from npmaskrcnn.__main__ import main
-from npmaskrcnn.ablate import (PRETRAIN_SEED, VARIANTS, base_config, finished_run, pretrain,
+from npmaskrcnn.ablate import (PRETRAIN_SEED, VARIANTS, base_config, check_overrides, finished_run, pretrain,
                                pretrain_config, run_config)
 from npmaskrcnn.ablate_table import (PAPER, TABLE, ablation_figure, plan, results_markdown, run_key,
                                      summarize)
@@ -199,3 +199,16 @@ def test_summarize_one_seed_has_zero_spread():
     per_seed = {"0": {t: {"AP": 0.5, "AP50": 0.7, "AP75": 0.4} for t in ("bbox", "segm")}}
     mean, std = summarize(per_seed)
     assert mean["segm"]["AP50"] == 0.7 and std["segm"]["AP"] == 0.0
+
+
+def test_the_table_on_large_shapes():
+    """`--set shapes=large` (the protocol of docs/results.md's stride-16 budget) reaches every
+    row and the pretraining, and their data: shapes of 32-80 px instead of 16-64."""
+    from npmaskrcnn.batches import default_dataset
+
+    over = check_overrides(["shapes=large"])
+    assert run_config("roi_pool", 16, 1, 5, over).shapes == "large"
+    assert pretrain_config(5, over).shapes == "large"
+    ds = default_dataset(run_config("roi_align", 16, 0, 5, over), 3)
+    assert (ds.min_size, ds.max_size) == (32.0, 80.0)
+    assert (default_dataset(run_config("roi_align", 16, 0, 5), 3).max_size) == 64.0

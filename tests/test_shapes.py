@@ -226,6 +226,27 @@ def test_settings_scale_with_the_image():
     assert ShapesDataset.gentle_settings(64)["max_size"] == 32
     image, target = ShapesDataset(3, seed=0, image_size=64, **small)[2]
     assert image.shape == (64, 64, 3) and target["masks"].shape[1:] == (64, 64)
+    # large: the gentle rules with shapes of 32-80 px (16-40 at 64)
+    assert ShapesDataset.large_settings() == dict(GENTLE, min_size=32, max_size=80)
+    assert ShapesDataset.named_settings("large", 64) == dict(GENTLE, min_size=16, max_size=40)
+    with pytest.raises(ValueError, match="shapes settings"):
+        ShapesDataset.named_settings("huge")
+
+
+def test_large_shapes_are_32_to_80_px_and_otherwise_gentle():
+    """The longer box side of every unoccluded shape (its mask is its whole area) lies in the
+    setting's size range, up to a pixel of rasterisation: 32-80 px for large, 16-64 for gentle."""
+    for name, (lo, hi) in (("large", (32, 80)), ("gentle", (16, 64))):
+        ds = ShapesDataset(60, seed=5, **ShapesDataset.named_settings(name))
+        sides = []
+        for i in range(len(ds)):
+            _, target, info = ds.describe(i)
+            whole = target["masks"].sum(axis=(1, 2)) == info["full_area"]
+            b = target["boxes"][whole]
+            sides += np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]).tolist()
+        assert len(sides) > 60
+        assert lo - 1 <= min(sides) and max(sides) <= hi + 1
+        assert max(sides) > hi - 8 and min(sides) < lo + 8          # the range is used, not a corner
 
 
 # ---------------------------------------------------------------------------------------------
