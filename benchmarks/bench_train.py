@@ -443,6 +443,10 @@ def main():
         return
 
     import numba
+    from npmaskrcnn.runtime import keep_freed_memory
+    # as the CLI's train and every load_model run: freed memory kept for reuse, no page faults of
+    # fresh mmaps at every layer (the in-process iteration and predict below; startup runs apart)
+    keep_freed_memory()
     cfg = Config.shipped()
     print(f"config: shapes preset, {cfg.image_size}x{cfg.image_size}, batch {cfg.batch_size}; "
           f"numba threads {numba.get_num_threads()}, cpus {os.cpu_count()}, "

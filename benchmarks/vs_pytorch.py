@@ -34,6 +34,8 @@ sys.path.insert(0, HERE)
 import numba  # noqa: E402
 import torch  # noqa: E402
 
+from npmaskrcnn.runtime import keep_freed_memory  # noqa: E402
+
 import torch_twin as tt  # noqa: E402
 from npmaskrcnn import batches as batches_mod  # noqa: E402
 from npmaskrcnn import train as train_mod  # noqa: E402
@@ -387,6 +389,11 @@ def main():
         print(f"  ours / the twin at its best: {res[('ours', 1, 1)][0] / best_twin:.2f}x the steps per second")
         return
 
+    # As every user of ours runs: `load_model` and `train` keep freed memory for reuse
+    # (runtime.keep_freed_memory), so a forward pass does not page-fault fresh mmaps at every
+    # layer. The setting is process-wide, so the twin, in the same process, gets it too (PyTorch's
+    # CPU tensors come from the same allocator); without it both sides run slower.
+    keep_freed_memory()
     threads = numba.get_num_threads()
     torch.set_num_threads(threads)
     cfg = Config()
