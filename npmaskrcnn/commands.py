@@ -68,7 +68,6 @@ def cmd_train(args):
     from .batches import default_dataset
     from .checkpoint import load_checkpoint
     from .files import write_text_atomic
-    from .runtime import keep_freed_memory
     from .parallel import WorkerFailed
     from .train import RunInProgress, TrainingDiverged, TrainingInterrupted, running_pid, train
 
@@ -128,7 +127,6 @@ def cmd_train(args):
     write_text_atomic(cfg.to_json(), os.path.join(out, "config.json"))
     print(f"training {cfg.train_steps} steps of {cfg.batch_size} images "
           f"({'COCO data ' + args.data if args.data else 'shapes'}) into {out}")
-    keep_freed_memory()
     t0 = time.perf_counter()
     try:
         train(cfg, out, dataset=dataset, val_dataset=val, class_names=class_names,

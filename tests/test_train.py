@@ -201,3 +201,14 @@ def test_a_live_run_in_the_folder_is_refused(tmp_path):
     (out / "train.lock").write_text("999999999")                      # no such process: stale
     run(tmp_path, "run")
     assert not (out / "train.lock").exists()
+
+
+def test_train_keeps_freed_memory_for_reuse(tmp_path, monkeypatch):
+    """train() itself sets the allocator option (not only the CLI), so ablate's worker processes
+    and scripts that call it get steps without page-faulted fresh arrays."""
+    import npmaskrcnn.runtime as runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    run(tmp_path, "keep", tiny_cfg(train_steps=1, warmup_steps=0))
+    assert calls
