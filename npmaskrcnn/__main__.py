@@ -160,6 +160,9 @@ def add_ablate_args(p):
                    help="first train the FPN baseline this many steps on other shapes images and start "
                         "every model's ResNet body from its body, as the paper's models start from "
                         "ImageNet (default: %(default)s, every model from scratch)")
+    p.add_argument("--body-from", metavar="MODEL.npz", default=None,
+                   help="start every model's ResNet body from the body of this model instead (e.g. an "
+                        "earlier table's OUT/pretrain/model.npz); not with --pretrain-steps")
     p.add_argument("--workers", type=int, default=None,
                    help="models trained at once, one process each on one core (default: the cores)")
     p.add_argument("--overwrite", action="store_true",

@@ -20,8 +20,9 @@ results.json). `--workers` processes (default one per core, each on one core) tr
 `--pretrain-steps N` follows the paper's protocol more closely: the paper's models start from a
 ResNet pretrained on ImageNet, and here every row's ResNet body can start from the body of the FPN
 baseline trained first for N steps on other shapes images (seed PRETRAIN_SEED, two processes, in
-OUT/pretrain/); the FPN, RPN and heads still start from scratch. Without it (the default) every
-model starts from scratch.
+OUT/pretrain/); the FPN, RPN and heads still start from scratch. `--body-from MODEL.npz` starts
+every body from the body of a given model instead (e.g. an earlier table's pretraining, reused for a
+table with other `--set` fields). Without either (the default) every model starts from scratch.
 
 Each finished model leaves its scores in OUT/<variant>@<stride>/seed<k>/result.json, so the same
 command run again after an interruption trains only the models that were not finished
@@ -127,6 +128,30 @@ def pretrain(steps, folder, workers, log, reuse=True, overrides=()):
     return path, time.perf_counter() - t0
 
 
+def check_body_from(path, overrides=()):
+    """The SHA-256 of the model file `path` whose ResNet body every row is to start from; ValueError
+    naming --body-from when it is not a readable model or its body does not fit the rows' (the
+    baseline with the `--set` overrides)."""
+    import hashlib
+    import zipfile
+
+    from .beyond_paper import build_model
+
+    if not os.path.isfile(path):
+        raise ValueError(f"--body-from: no such file {path!r}")
+    try:
+        body = pretrained_body(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:   # not a model of this project
+        raise ValueError(f"--body-from: {path!r} is not a model file: {e}") from None
+    own = {k: v.shape for k, v in build_model(run_config("roi_align", 16, 0, 1, overrides))
+           .state_dict().items() if k.startswith(BODY)}
+    if {k: v.shape for k, v in body.items()} != own:
+        raise ValueError(f"--body-from: the ResNet body of {path!r} does not fit the rows' (its "
+                         f"parameters' names or shapes differ from base_config's)")
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def pretrained_body(path):
     """{name: array} of the ResNet body of the model at `path` (what every row starts from)."""
     from .checkpoint import load_checkpoint
@@ -152,10 +177,11 @@ def train_and_score(variant, stride, seed, steps, eval_images, run_dir, body_pat
     return dict(out, train_seconds=seconds, eval_seconds=time.perf_counter() - t0 - seconds), model
 
 
-def finished_run(run_dir, cfg, eval_images, pretrain_steps=0):
+def finished_run(run_dir, cfg, eval_images, pretrain_steps=0, body_sha256=None):
     """The result a finished run left in run_dir/result.json, if it was trained with `cfg` from a
-    body pretrained for `pretrain_steps` (0: from scratch) and scored on `eval_images` images; None
-    otherwise. This is what lets an interrupted table resume."""
+    body pretrained for `pretrain_steps` (0: none) or taken from the model file of SHA-256
+    `body_sha256` (None: none), and scored on `eval_images` images; None otherwise. This is what
+    lets an interrupted table resume."""
     import json
 
     path = os.path.join(run_dir, RESULT_NAME)
@@ -164,17 +190,18 @@ def finished_run(run_dir, cfg, eval_images, pretrain_steps=0):
     with open(path) as f:
         saved = json.load(f)
     same = (Config.from_dict(saved["config"]) == cfg and saved["eval_images"] == eval_images
-            and saved.get("pretrain_steps", 0) == pretrain_steps)
+            and saved.get("pretrain_steps", 0) == pretrain_steps
+            and saved.get("body_sha256") == body_sha256)
     return saved["result"] if same else None
 
 
 def _job(variant, stride, seed, steps, eval_images, run_dir, model_path, reuse=True, body_path=None,
-         pretrain_steps=0, overrides=()):
+         pretrain_steps=0, overrides=(), body_sha256=None):
     """One row with one seed, in a worker process: with `reuse`, the result of the run already in
     run_dir when it was trained and scored the same way (marked "reused"); else train and score it
     and leave run_dir/result.json. Saves the model to `model_path` when it is given."""
     cfg = run_config(variant, stride, seed, steps, overrides)
-    result = finished_run(run_dir, cfg, eval_images, pretrain_steps) if reuse else None
+    result = finished_run(run_dir, cfg, eval_images, pretrain_steps, body_sha256) if reuse else None
     if result is not None:
         if model_path is not None:
             copy_atomic(os.path.join(run_dir, "model.npz"), model_path)
@@ -182,7 +209,7 @@ def _job(variant, stride, seed, steps, eval_images, run_dir, model_path, reuse=T
     result, model = train_and_score(variant, stride, seed, steps, eval_images, run_dir, body_path,
                                     overrides)
     write_json_atomic({"config": cfg.to_dict(), "eval_images": eval_images,
-                       "pretrain_steps": pretrain_steps, "result": result},
+                       "pretrain_steps": pretrain_steps, "body_sha256": body_sha256, "result": result},
                       os.path.join(run_dir, RESULT_NAME))
     if model_path is not None:
         save_model(model, model_path)
@@ -210,6 +237,11 @@ def run(args, log):
         raise ValueError(f"--pretrain-steps: expected 0 (no pretraining) or a positive number, "
                          f"got {args.pretrain_steps}")
     overrides = check_overrides(args.set or [])
+    body_from, body_sha256 = getattr(args, "body_from", None), None
+    if body_from is not None:
+        if args.pretrain_steps:
+            raise ValueError("--body-from: give either --body-from or --pretrain-steps, not both")
+        body_sha256 = check_body_from(body_from, overrides)
     try:
         seeds = sorted({int(s) for s in args.seeds.split(",") if s.strip()})
     except ValueError:
@@ -228,7 +260,7 @@ def run(args, log):
     keys = list(dict.fromkeys((v, st) for _, v, st, _ in rows))
     t0 = time.perf_counter()
     workers = max(1, min(args.workers or os.cpu_count() or 1, len(keys) * len(seeds)))
-    body_path, pretrain_seconds = None, 0.0
+    body_path, pretrain_seconds = body_from, 0.0
     if args.pretrain_steps:
         body_path, pretrain_seconds = pretrain(args.pretrain_steps, os.path.join(args.out, "pretrain"),
                                                max(1, args.workers or os.cpu_count() or 1), log,
@@ -244,7 +276,7 @@ def run(args, log):
                     _job, v, st, seed, args.steps, args.eval_images,
                     os.path.join(args.out, run_key(v, st), f"seed{seed}"),
                     os.path.join(args.out, f"{v}.npz") if keep else None, not args.overwrite,
-                    body_path, args.pretrain_steps, overrides)
+                    body_path, args.pretrain_steps, overrides, body_sha256)
         runs = {}
         for v, st in keys:
             per_seed = {}
@@ -260,6 +292,7 @@ def run(args, log):
     command = ("python -m npmaskrcnn ablate" + f" --steps {args.steps} --seeds {','.join(map(str, seeds))}"
                f" --eval-images {args.eval_images}"
                + (f" --pretrain-steps {args.pretrain_steps}" if args.pretrain_steps else "")
+               + (f" --body-from {body_from}" if body_from else "")
                + "".join(f" --set {o}" for o in overrides)
                + (f" --stride {args.stride}" if args.stride else "")
                + (f" --variants {','.join(names)}" if args.variants else "")
@@ -272,7 +305,10 @@ def run(args, log):
                  f"{args.pretrain_steps} steps on shapes of seed {PRETRAIN_SEED} (the paper's models "
                  f"start from ImageNet); the FPN, RPN and heads start from scratch "
                  f"({pretrain_seconds / 60:.1f} min of the wall time).\n"
-                 if args.pretrain_steps else "Every model is trained from scratch.\n")
+                 if args.pretrain_steps else
+                 f"Every model's ResNet body starts from the body of {body_from} (SHA-256 "
+                 f"{body_sha256[:16]}...); the FPN, RPN and heads start from scratch.\n"
+                 if body_from else "Every model is trained from scratch.\n")
               + (f"The baseline with {', '.join(overrides)}.\n" if overrides else "")
               + f"Command: {command}\n"
               f"Wall time: {wall / 60:.1f} min for {len(jobs)} models, {workers} at once"
@@ -281,6 +317,7 @@ def run(args, log):
     fig = ablation_figure(rows, runs)
     result = {"command": command, "steps": args.steps, "seeds": seeds, "wall_seconds": wall,
               "pretrain_steps": args.pretrain_steps, "pretrain_seconds": pretrain_seconds,
+              "body_from": body_from, "body_sha256": body_sha256,
               "workers": workers, "reused_runs": reused, "overrides": list(overrides),
               "eval_images": args.eval_images, "rows": [list(r) for r in rows], "runs": runs}
     for folder in dict.fromkeys([args.out, save_dir]):

@@ -14,16 +14,16 @@ Generation of one image:
    only the pixels not covered by the kept shapes above it, and is dropped (not painted at all)
    when that visible part falls below `min_visible_fraction` of its full area or below
    `min_visible_pixels`; the top shape is never occluded, so an image always has an instance
-   (unless border cuts are on: a shape mostly outside the image can be dropped too).
-   The default keeps shapes at least half visible: below that a square, a circle and a triangle
-   leave fragments that no longer say which they were, and the class label becomes noise;
+   (unless border cuts are on: a shape mostly outside the image can be dropped too). The default
+   keeps shapes at least half visible: below that a square, a circle and a triangle leave
+   fragments that no longer say which they were, and the class label becomes noise;
 3) boxes are the extents of the visible masks.
 
 The defaults are the gentle generator the shipped model was trained on (`GENTLE`): every shape
 at least 100 RGB levels from the background and 60 from the others, wholly inside the image, at
 least half visible, at most 64 px, rotated at random. Options make the data harder (`HARD` is a
-set of them, see `ShapesDataset.hard_settings`); each is off at its default value, and then
-draws no random number, so the default images are bit-identical to those of the original code:
+set of them, see `ShapesDataset.hard_settings`; `LARGE` only enlarges the shapes); each is off at its
+default value, and then draws no random number, so the default images are those of the original code:
 - contrast floors `min_background_contrast`, `min_shape_contrast` (Euclidean distance in RGB, so
   a floor of 15 also admits colours that differ by as little as 15/sqrt(3) = 8.7 levels in each
   channel), `low_contrast_prob` (a shape's colour is aimed at [floor, floor + LOW_CONTRAST_SPAN]
@@ -83,13 +83,8 @@ HARD = dict(GENTLE, max_shapes=6, max_size=80, min_visible_fraction=0.15,
             min_background_contrast=15.0, min_shape_contrast=15.0, low_contrast_prob=0.25,
             strict_contrast=True, border_cut_prob=0.5, overlap_prob=0.3, axis_aligned_prob=0.5,
             background_gradient=40.0, background_texture=12.0, noise_std=3.0)
-# The gentle rules with larger shapes, 32-80 px: for the ablation table (`ablate --set
-# shapes=large`), whose stride-16 models pool from P4 only, where a 16 px shape is one cell; at
-# 32-80 px a shape spans 2-5 cells (a COCO object of "medium" size, 32^2 to 96^2 px in images of
-# about 640 x 480 that the paper scales to 800 px on the short side, spans roughly 3-10). Measured
-# (docs/results.md, "Ablation"; seed 0, the body pretrained on gentle shapes, 300 held-out images):
-# the stride-16 baseline reaches 63.0 mask AP in 1200 steps, as 1800 steps do on gentle shapes,
-# and 74.7 in 2000 steps.
+# The gentle rules with shapes of 32-80 px: for the ablation table (`ablate --set shapes=large`),
+# whose stride-16 rows pool from P4 alone, where a 16 px shape is one cell (docs/results.md).
 LARGE = dict(GENTLE, min_size=32, max_size=80)
 SETTINGS = {"gentle": GENTLE, "hard": HARD, "large": LARGE}   # by name, as Config.shapes names them
 
@@ -364,33 +359,24 @@ class ShapesDataset:
 
     @staticmethod
     def gentle_settings(image_size=128):
-        """`GENTLE` with the sizes scaled to `image_size` as training scales them (16-64 px at
-        128): a dict of keyword arguments for ShapesDataset."""
-        s = int(image_size)
-        return dict(GENTLE, min_size=max(8, s // 8), max_size=s // 2)
+        """`GENTLE`, sizes scaled to `image_size` as training scales them (16-64 px at 128)."""
+        return dict(GENTLE, min_size=max(8, int(image_size) // 8), max_size=int(image_size) // 2)
 
     @staticmethod
     def hard_settings(image_size=128):
-        """`HARD` with the sizes scaled to `image_size` (16-80 px at 128): a dict of keyword
-        arguments for ShapesDataset."""
+        """`HARD`, sizes scaled to `image_size` (16-80 px at 128): keyword arguments for ShapesDataset."""
         s = int(image_size)
         return dict(HARD, min_size=max(8, s // 8), max_size=max(max(8, s // 8), s * 5 // 8))
 
     @staticmethod
-    def large_settings(image_size=128):
-        """`LARGE` with the sizes scaled to `image_size` (32-80 px at 128): a dict of keyword
-        arguments for ShapesDataset."""
-        s = int(image_size)
-        return dict(LARGE, min_size=max(8, s // 4), max_size=max(max(8, s // 4), s * 5 // 8))
-
-    @staticmethod
     def named_settings(name, image_size=128):
-        """`gentle_settings`, `hard_settings` or `large_settings` by name (a key of `SETTINGS`, as
-        `Config.shapes` names them). Raises ValueError for another name."""
+        """The settings of a key of `SETTINGS` (as `Config.shapes` names them), sizes scaled to the
+        image: `gentle_settings`, `hard_settings`, or LARGE's 32-80 px at 128. ValueError otherwise."""
         if name not in SETTINGS:
             raise ValueError(f"shapes settings: expected one of {sorted(SETTINGS)}, got {name!r}")
-        return {"gentle": ShapesDataset.gentle_settings, "hard": ShapesDataset.hard_settings,
-                "large": ShapesDataset.large_settings}[name](image_size)
+        lo, s = max(8, int(image_size) // 4), int(image_size)
+        return (dict(LARGE, min_size=lo, max_size=max(lo, s * 5 // 8)) if name == "large" else
+                (ShapesDataset.gentle_settings if name == "gentle" else ShapesDataset.hard_settings)(s))
 
     def __len__(self):
         return self.num_images

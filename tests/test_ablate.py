@@ -11,6 +11,7 @@ from npmaskrcnn.ablate import (PRETRAIN_SEED, VARIANTS, base_config, check_overr
 from npmaskrcnn.ablate_table import (PAPER, TABLE, ablation_figure, plan, results_markdown, run_key,
                                      summarize)
 from npmaskrcnn.beyond_paper import build_model
+from npmaskrcnn.checkpoint import save_model
 from npmaskrcnn.config import Config
 
 
@@ -135,10 +136,48 @@ def test_ablate_refuses_bad_arguments(tmp_path, capsys):
                        (["--seeds", "-1"], "--seeds"), (["--eval-images", "0"], "--eval-images"),
                        (["--pretrain-steps", "-1"], "--pretrain-steps"),
                        (["--set", "pooler=roi_pool"], "--set"), (["--set", "nope=1"], "--set"),
-                       (["--set", "box_batch_size_per_image=-3"], "--set"), (["--set", "lr"], "--set")):
+                       (["--set", "box_batch_size_per_image=-3"], "--set"), (["--set", "lr"], "--set"),
+                       (["--body-from", str(tmp_path / "none.npz")], "--body-from"),
+                       (["--body-from", str(tmp_path / "tiny.npz")], "--body-from"),
+                       (["--body-from", str(tmp_path / "junk.npz")], "--body-from"),
+                       (["--body-from", str(tmp_path / "tiny.npz"), "--pretrain-steps", "5"], "--body-from")):
+        if not (tmp_path / "tiny.npz").exists():
+            save_model(build_model(Config.tiny()), str(tmp_path / "tiny.npz"))   # another body
+            (tmp_path / "junk.npz").write_bytes(b"not a model")
         code = main(["ablate", *extra, "--out", str(tmp_path), "--save-dir", str(tmp_path)])
         assert code == 2
         assert arg in capsys.readouterr().err
+
+
+def test_ablate_with_the_body_of_a_given_model(tmp_path, capsys):
+    """--body-from: every row's ResNet body starts from that model's; the table records the
+    file's SHA-256, a finished run is reused only for the same file."""
+    import hashlib
+
+    from npmaskrcnn.checkpoint import load_checkpoint
+
+    donor = build_model(dataclasses.replace(base_config(1, 16, 0), seed=7))
+    save_model(donor, str(tmp_path / "body.npz"))
+    sha = hashlib.sha256((tmp_path / "body.npz").read_bytes()).hexdigest()
+    out = tmp_path / "runs"
+    argv = ["ablate", "--steps", "1", "--seeds", "0", "--stride", "16", "--variants", "roi_align",
+            "--eval-images", "1", "--workers", "1", "--body-from", str(tmp_path / "body.npz"),
+            "--out", str(out), "--set", "box_batch_size_per_image=16"]
+    assert main(argv) == 0
+    assert f"--body-from {tmp_path / 'body.npz'}" in capsys.readouterr().out
+    result = json.loads((out / "results.json").read_text())
+    assert result["body_sha256"] == sha and result["pretrain_steps"] == 0
+    row = load_checkpoint(out / "roi_align@16" / "seed0" / "model.npz")["params"]
+    body = {k: v for k, v in donor.state_dict().items() if k.startswith("backbone.body.")}
+    assert max(np.abs(row[k] - v).max() for k, v in body.items()) < 0.02   # one small step from it
+    # the same command, as after an interruption, reuses the run; another body file would not
+    (out / "results.json").unlink()
+    assert main(argv) == 0
+    assert "reused from an earlier run" in capsys.readouterr().out
+    cfg = run_config("roi_align", 16, 0, 1, ["box_batch_size_per_image=16"])
+    done = out / "roi_align@16" / "seed0"
+    assert finished_run(done, cfg, 1, 0, sha) is not None
+    assert finished_run(done, cfg, 1, 0, "0" * 64) is None and finished_run(done, cfg, 1) is None
 
 
 def test_variants_differ_from_the_baseline_in_one_switch():

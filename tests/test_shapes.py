@@ -227,7 +227,7 @@ def test_settings_scale_with_the_image():
     image, target = ShapesDataset(3, seed=0, image_size=64, **small)[2]
     assert image.shape == (64, 64, 3) and target["masks"].shape[1:] == (64, 64)
     # large: the gentle rules with shapes of 32-80 px (16-40 at 64)
-    assert ShapesDataset.large_settings() == dict(GENTLE, min_size=32, max_size=80)
+    assert ShapesDataset.named_settings("large") == dict(GENTLE, min_size=32, max_size=80)
     assert ShapesDataset.named_settings("large", 64) == dict(GENTLE, min_size=16, max_size=40)
     with pytest.raises(ValueError, match="shapes settings"):
         ShapesDataset.named_settings("huge")
