@@ -65,11 +65,18 @@ def summarize(per_seed):
     return mean, std
 
 
+# the row label of a variant in a flat table (`--stride`)
+LABELS = {"roi_align": "RoIAlign avg", "roi_align_max": "RoIAlign max", "roi_warp": "RoIWarp avg",
+          "roi_warp_max": "RoIWarp max", "roi_pool": "RoIPool", "roi_align_unaligned": "aligned=False",
+          "softmax_masks": "softmax masks", "class_agnostic_masks": "class-agnostic masks",
+          "mlp_mask_head": "MLP mask head"}
+
+
 def plan(variants, stride):
     """The table's rows for the chosen variants: the paper's sections, or one flat section at
     `stride` when it is given. Each row is (section, variant, stride, label)."""
     if stride is not None:
-        return [("flat", v, stride, v) for v in variants]
+        return [("flat", v, stride, LABELS.get(v, v)) for v in variants]
     return [row for row in TABLE if row[1] in variants]
 
 

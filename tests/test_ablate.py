@@ -8,7 +8,7 @@ import pytest
 from npmaskrcnn.__main__ import main
 from npmaskrcnn.ablate import (PRETRAIN_SEED, VARIANTS, base_config, check_overrides, finished_run, pretrain,
                                pretrain_config, run_config)
-from npmaskrcnn.ablate_table import (PAPER, TABLE, ablation_figure, plan, results_markdown, run_key,
+from npmaskrcnn.ablate_table import (LABELS, PAPER, TABLE, ablation_figure, plan, results_markdown, run_key,
                                      summarize)
 from npmaskrcnn.beyond_paper import build_model
 from npmaskrcnn.checkpoint import save_model
@@ -31,7 +31,7 @@ def test_ablate_trains_each_variant_per_seed_and_writes_the_table(tmp_path, caps
             assert r["mean"][t]["AP"] == pytest.approx(np.mean(v))
             assert r["std"][t]["AP"] == pytest.approx(np.std(v, ddof=1))
     table = (save / "results.md").read_text()
-    assert "| roi_pool |" in table and "26.9 / 48.8 / 26.4" in table and "±" in table
+    assert "| RoIPool |" in table and "26.9 / 48.8 / 26.4" in table and "±" in table
     assert "--seeds 0,1" in table
     for folder in (out, save):
         assert (folder / "ablation.png").read_bytes()[:4] == b"\x89PNG"
@@ -204,6 +204,10 @@ def test_the_table_has_every_row_the_issue_names():
     assert PAPER["2d", "roi_pool"]["bbox"][0] == 28.2 and PAPER["2c", "roi_pool"]["segm"][0] == 26.9
     # a subset of variants keeps only their rows, in the table's order
     assert [r[:3] for r in plan(["roi_pool"], None)] == [("2c", "roi_pool", 16), ("2d", "roi_pool", 32)]
+    # a flat table labels its rows by name; every variant has a label
+    assert plan(["roi_warp_max", "roi_align"], 16) == [("flat", "roi_warp_max", 16, "RoIWarp max"),
+                                                      ("flat", "roi_align", 16, "RoIAlign avg")]
+    assert set(LABELS) == set(VARIANTS)
 
 
 def fake_runs(rows, values):
