@@ -585,3 +585,41 @@ def compare_models(paths, n_images=3, seed=2024):
 
 
 compare_models(ABLATION)
+
+# %% [markdown]
+# ## 6. The RoI layers with statistics
+#
+# One pair of models is one draw. `data/ablation_stride16/` holds Table 2c at stride 16 with
+# three seeds per row (each row trained from the same pretrained ResNet body for 1800 steps and
+# scored on 300 held-out images; the command and its wall time are in its `results.md`). The
+# bars are the mean mask AP, the error bars the standard deviation over the seeds, and beside
+# each bar its difference from RoIAlign (avg) next to the paper's. Read it for the paper's claim:
+# if alignment is what matters, RoIWarp (bilinear sampling, but on RoIPool's rounded box) stays
+# with RoIPool, and max vs average barely matters.
+
+# %%
+def ablation_table(folder=os.path.join(viz.REPO_ROOT, "data", "ablation_stride16")):
+    """Draw and print the committed table of `folder` (results.json of `npmaskrcnn ablate`).
+    Returns the figure path, or None when the table is not there."""
+    import json
+
+    from npmaskrcnn.ablate_table import ablation_figure
+
+    path = os.path.join(folder, "results.json")
+    if not os.path.isfile(path):
+        print("no table at", path)
+        return None
+    with open(path) as f:
+        table = json.load(f)
+    rows = [tuple(r) for r in table["rows"]]
+    for _, variant, stride, label in rows:
+        run = table["runs"][f"{variant}@{stride}"]
+        seeds = run["per_seed"]
+        print(f"{label:<14} mask AP {100 * run['mean']['segm']['AP']:5.1f} ± "
+              f"{100 * run['std']['segm']['AP']:.1f}  (seeds: "
+              + ", ".join(f"{100 * r['segm']['AP']:.1f}" for r in seeds.values())
+              + f"; box AP {100 * run['mean']['bbox']['AP']:.1f})")
+    return save_figure(ablation_figure(rows, table["runs"]), "05_ablation_table")
+
+
+ablation_table()
