@@ -196,10 +196,14 @@ def finished_run(run_dir, cfg, eval_images, pretrain_steps=0, body_sha256=None):
 
 
 def _job(variant, stride, seed, steps, eval_images, run_dir, model_path, reuse=True, body_path=None,
-         pretrain_steps=0, overrides=(), body_sha256=None):
+         pretrain_steps=0, overrides=(), body_sha256=None, parent_pid=None):
     """One row with one seed, in a worker process: with `reuse`, the result of the run already in
     run_dir when it was trained and scored the same way (marked "reused"); else train and score it
-    and leave run_dir/result.json. Saves the model to `model_path` when it is given."""
+    and leave run_dir/result.json. Saves the model to `model_path` when it is given. The worker
+    ends when the process `parent_pid` (the command) is gone."""
+    if parent_pid is not None:
+        from .runtime import exit_with_parent
+        exit_with_parent(parent_pid)
     cfg = run_config(variant, stride, seed, steps, overrides)
     result = finished_run(run_dir, cfg, eval_images, pretrain_steps, body_sha256) if reuse else None
     if result is not None:
@@ -276,7 +280,7 @@ def run(args, log):
                     _job, v, st, seed, args.steps, args.eval_images,
                     os.path.join(args.out, run_key(v, st), f"seed{seed}"),
                     os.path.join(args.out, f"{v}.npz") if keep else None, not args.overwrite,
-                    body_path, args.pretrain_steps, overrides, body_sha256)
+                    body_path, args.pretrain_steps, overrides, body_sha256, os.getpid())
         runs = {}
         for v, st in keys:
             per_seed = {}

@@ -56,3 +56,28 @@ def keep_freed_memory():
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3                # <malloc.h>
     return bool(mallopt(m_mmap_threshold, 1 << 30)) & bool(mallopt(m_trim_threshold, 1 << 30))
+
+
+_WATCHED = set()
+
+
+def exit_with_parent(parent_pid, every=1.0):
+    """In a worker process: end it (exit code 1) as soon as its parent `parent_pid` is gone.
+
+    A pool's worker busy with a long job does not read its pipe, so it would not notice that the
+    command which started it was killed (e.g. `kill PID` of `ablate`, which cannot clean up):
+    it would train to the end of its job first. A daemon thread checks the parent pid every
+    `every` seconds; an orphan is re-parented, so its parent pid changes."""
+    import threading
+    import time
+
+    if parent_pid in _WATCHED:                 # one watcher per process, however many jobs
+        return
+    _WATCHED.add(parent_pid)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
