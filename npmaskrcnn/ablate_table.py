@@ -130,8 +130,9 @@ def ablation_figure(rows, runs):
     from matplotlib.figure import Figure
 
     sections = list(dict.fromkeys(r[0] for r in rows))
-    fig = Figure(figsize=(3.2 * len(sections) + 1, 4.6), layout="constrained")
-    axes = fig.subplots(1, len(sections), squeeze=False)[0]
+    widths = [max(3.2, 0.85 * sum(r[0] == s for r in rows)) for s in sections]  # room per bar label
+    fig = Figure(figsize=(sum(widths) + 1, 4.6), layout="constrained")
+    axes = fig.subplots(1, len(sections), squeeze=False, gridspec_kw={"width_ratios": widths})[0]
     for ax, section in zip(axes, sections):
         sec = [r for r in rows if r[0] == section]
         mean = [100 * runs[run_key(v, st)]["mean"]["segm"]["AP"] for _, v, st, _ in sec]

@@ -590,12 +590,14 @@ compare_models(ABLATION)
 # ## 6. The RoI layers with statistics
 #
 # One pair of models is one draw. `data/ablation_stride16/` holds Table 2c at stride 16 with
-# three seeds per row (each row trained from the same pretrained ResNet body for 1800 steps and
-# scored on 300 held-out images; the command and its wall time are in its `results.md`). The
-# bars are the mean mask AP, the error bars the standard deviation over the seeds, and beside
-# each bar its difference from RoIAlign (avg) next to the paper's. Read it for the paper's claim:
-# if alignment is what matters, RoIWarp (bilinear sampling, but on RoIPool's rounded box) stays
-# with RoIPool, and max vs average barely matters.
+# three seeds per row, and the two switches of Table 2b (each row trained from the same
+# pretrained ResNet body for 1800 steps and scored on 300 held-out images; the command and its
+# wall time are in its `results.md`). The bars are the mean mask AP, the error bars the standard
+# deviation over the seeds, and beside each bar its difference from RoIAlign (avg) next to the
+# paper's. Read it for the paper's claims: if alignment is what matters, RoIWarp (bilinear
+# sampling, but on RoIPool's rounded box) stays with RoIPool, and max vs average barely matters;
+# a softmax over classes (masks competing) loses to per-class sigmoids, and one mask for all
+# classes costs little.
 
 # %%
 def ablation_table(folder=os.path.join(viz.REPO_ROOT, "data", "ablation_stride16")):
